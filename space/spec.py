@@ -1,0 +1,224 @@
+"""NetSpec: a frozen, validated description of one ResNeXt network.
+
+Cardinality (``groups``) and ``base_width`` live on each stage, not on the network.
+The networks of the ResNeXt paper share them across stages, and the search space
+samples them that way by default, but the per-stage form is the general one (pycls
+AnyNet/RegNet vary group width per stage) and costs nothing: a network-wide value is
+simply repeated. It also lets the space resolve a too-small width per stage (see
+``space.searchspace``) while keeping every other stage exactly as sampled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from space.blocks import bottleneck_width
+from space.errors import SpecError, check_keys
+
+STEM_STRIDE = {"cifar": 1, "imagenet": 4}  # 3x3/s1 conv; 7x7/s2 conv + 3x3/s2 maxpool
+
+
+def _positive_int(value, where: str, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
+    if value <= 0:
+        raise SpecError(f"{where} must be > 0, got {value}; {fix}")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: ``depth`` bottleneck blocks; only the first carries ``stride`` and projection.
+
+    Args:
+        depth: number of blocks.
+        bottleneck_ch: "planes" of torchvision; the stage outputs ``bottleneck_ch * expansion``.
+        stride: stride of the first block's grouped 3x3 (and its projection).
+        groups: cardinality of the grouped 3x3.
+        base_width: channels per group at ``bottleneck_ch == 64``.
+    """
+
+    depth: int
+    bottleneck_ch: int
+    stride: int = 1
+    groups: int = 1
+    base_width: int = 64
+
+    @property
+    def width(self) -> int:
+        return bottleneck_width(self.bottleneck_ch, self.base_width, self.groups)
+
+    def validate(self, where: str) -> None:
+        _positive_int(self.depth, f"{where}.depth", "a stage needs at least one block")
+        _positive_int(self.bottleneck_ch, f"{where}.bottleneck_ch", "use e.g. 64")
+        _positive_int(self.stride, f"{where}.stride", "use 1 (keep size) or 2 (halve it)")
+        _positive_int(self.groups, f"{where}.groups", "use 1 for a plain ResNet block")
+        _positive_int(self.base_width, f"{where}.base_width", "use e.g. 4")
+        if self.width == 0:
+            need = -(-64 // self.bottleneck_ch)
+            raise SpecError(
+                f"{where}: int(bottleneck_ch * base_width / 64) = "
+                f"int({self.bottleneck_ch} * {self.base_width} / 64) = 0 channels per group; "
+                f"raise base_width to >= {need} or bottleneck_ch so the product is >= 64"
+            )
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """One ResNeXt network, valid by validation in ``__post_init__``.
+
+    Args:
+        stages: the stages, in order.
+        stem: ``cifar`` (3x3 conv, stride 1) or ``imagenet`` (7x7/2 conv + 3x3/2 maxpool).
+        stem_ch: output channels of the stem conv.
+        expansion: output channels of a block = ``bottleneck_ch * expansion``.
+        num_classes: outputs of the final linear layer.
+        in_ch: input image channels.
+        input_size: input height and width in pixels.
+    """
+
+    stages: tuple[StageSpec, ...]
+    stem: str = "cifar"
+    stem_ch: int = 64
+    expansion: int = 4
+    num_classes: int = 10
+    in_ch: int = 3
+    input_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stages, tuple) or not self.stages:
+            raise SpecError("stages must be a non-empty tuple of StageSpec; add at least one stage")
+        if self.stem not in STEM_STRIDE:
+            raise SpecError(
+                f"stem: unknown kind '{self.stem}'; use one of {', '.join(STEM_STRIDE)}"
+            )
+        _positive_int(self.stem_ch, "stem_ch", "use e.g. 64")
+        _positive_int(self.expansion, "expansion", "ResNeXt uses 4")
+        _positive_int(self.num_classes, "num_classes", "set it to the dataset's class count")
+        _positive_int(self.in_ch, "in_ch", "use 3 for RGB or 1 for grayscale")
+        _positive_int(self.input_size, "input_size", "use the image size, e.g. 32")
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage, StageSpec):
+                raise SpecError(f"stages[{i}] must be a StageSpec, got {type(stage).__name__}")
+            stage.validate(f"stages[{i}]")
+        if self.input_size < self.total_stride:
+            raise SpecError(
+                f"input_size {self.input_size} shrinks below 1 pixel through a total stride of "
+                f"{self.total_stride} (stem {STEM_STRIDE[self.stem]} x stages "
+                f"{[s.stride for s in self.stages]}); use input_size >= {self.total_stride}, "
+                "fewer stride-2 stages, or the cifar stem"
+            )
+
+    @property
+    def total_stride(self) -> int:
+        total = STEM_STRIDE[self.stem]
+        for stage in self.stages:
+            total *= stage.stride
+        return total
+
+    @property
+    def out_ch(self) -> int:
+        return self.stages[-1].bottleneck_ch * self.expansion
+
+    @property
+    def num_layers(self) -> int:
+        """Weighted layers as in the paper's names: 3 per block + stem + fc."""
+        return 3 * sum(s.depth for s in self.stages) + 2
+
+    @property
+    def name(self) -> str:
+        """Short name in torchvision's style, e.g. ``resnext50_32x4d``.
+
+        Non-standard parts are appended: ``_b`` per-stage bottleneck channels when they are
+        not 64, 128, 256, ...; ``_s`` stem channels when not 64. Two specs with one name can
+        still differ (depth split, stem kind): ``hash`` tells networks apart.
+        """
+        card = {(s.groups, s.base_width) for s in self.stages}
+        if len(card) == 1:
+            (g, bw), = card
+            name = f"resnext{self.num_layers}_{g}x{bw}d"
+        else:
+            name = f"resnext{self.num_layers}_" + "-".join(
+                f"{s.groups}x{s.base_width}d" for s in self.stages
+            )
+        if [s.bottleneck_ch for s in self.stages] != [64 << i for i in range(len(self.stages))]:
+            name += "_b" + "-".join(str(s.bottleneck_ch) for s in self.stages)
+        if self.stem_ch != 64:
+            name += f"_s{self.stem_ch}"
+        return name
+
+    @property
+    def hash(self) -> str:
+        """Stable 12-hex-digit hash of the network's structure.
+
+        Two specs that build the same modules hash equal, even if their base_width differs
+        but yields the same width (``int(bottleneck_ch * base_width / 64)`` floors).
+        """
+        d = self.to_dict()
+        for stage in d["stages"]:
+            stage["width"] = bottleneck_width(
+                stage["bottleneck_ch"], stage.pop("base_width"), stage["groups"]
+            )
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stages"] = [asdict(s) for s in self.stages]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NetSpec:
+        """Build and validate from a plain dict (as read from YAML); unknown keys are errors."""
+        check_keys(data, [f.name for f in fields(cls)], "spec")
+        if "stages" not in data:
+            raise SpecError("spec: missing 'stages' (a list of {depth, bottleneck_ch, ...})")
+        stages = data["stages"]
+        if not isinstance(stages, list):
+            raise SpecError(f"spec.stages must be a list of mappings, got {type(stages).__name__}")
+        stage_keys = [f.name for f in fields(StageSpec)]
+        parsed = []
+        for i, s in enumerate(stages):
+            check_keys(s, stage_keys, f"spec.stages[{i}]")
+            if "depth" not in s or "bottleneck_ch" not in s:
+                raise SpecError(f"spec.stages[{i}]: needs at least 'depth' and 'bottleneck_ch'")
+            parsed.append(StageSpec(**s))
+        return cls(**{**data, "stages": tuple(parsed)})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> NetSpec:
+        return cls.from_dict(yaml.safe_load(text))
+
+
+def load_spec(path: str | Path) -> NetSpec:
+    """Read a NetSpec from a YAML file: a bare spec, or an exported file with a ``spec:`` key.
+
+    An exported file also records ``complexity.params``; it is checked against the rebuilt
+    spec so a file edited by hand (or written by another version) cannot silently differ.
+    """
+    from space.model import complexity  # local: model imports spec
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping with the spec's keys")
+    if "spec" not in data:
+        return NetSpec.from_dict(data)
+    spec = NetSpec.from_dict(data["spec"])
+    recorded = (data.get("complexity") or {}).get("params")
+    if recorded is not None and recorded != complexity(spec).params:
+        raise SpecError(
+            f"{path}: the file records {recorded} parameters but its spec builds "
+            f"{complexity(spec).params}; the spec was edited or comes from another version"
+        )
+    return spec
