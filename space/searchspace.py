@@ -96,7 +96,7 @@ class SearchSpace:
     expansion: int = 4
 
     def __post_init__(self) -> None:
-        if self.stem not in STEM_STRIDE:
+        if not isinstance(self.stem, str) or self.stem not in STEM_STRIDE:
             raise SpecError(f"space.stem: unknown kind '{self.stem}'; use one of "
                             f"{', '.join(STEM_STRIDE)}")
         for name in FIXED:
@@ -120,8 +120,8 @@ class SearchSpace:
             **fixed: defaults for fixed fields the data source knows (in_ch, num_classes,
                 input_size); values written in ``data`` take precedence.
         """
+        check_keys(data or {}, [f.name for f in fields(cls)], "space")
         data = dict(data or {})
-        check_keys(data, [f.name for f in fields(cls)], "space")
         kwargs = {**fixed}
         for key, value in data.items():
             if key in FIXED:
@@ -237,12 +237,20 @@ class SearchSpace:
         return total
 
     def complexity_range(self) -> tuple[Complexity, Complexity]:
-        """(smallest, largest) complexity the space can produce.
+        """(smallest, largest) complexity the space can produce, each field taken on its own.
 
         Every dimension adds parameters and MACs when it grows (more stages, blocks, channels,
-        groups at a fixed base_width), so the corners are the extremes; tests check this
-        against enumeration.
+        groups at a fixed base_width), with one exception: the first block drops its
+        projection when ``stem_ch == bottleneck_ch * expansion``, so a larger stem_ch or
+        bottleneck_ch can cost less. Each (stem_ch, bottleneck_ch) pair is therefore taken
+        at the low and high corners of the other dimensions; tests check this against
+        enumeration.
         """
-        lo = self._build(lambda name, dim: dim.choices[0])
-        hi = self._build(lambda name, dim: dim.choices[-1])
-        return complexity(lo), complexity(hi)
+        lows, highs = [], []
+        for stem_ch, bch0 in itertools.product(self.stem_ch.choices, self.bottleneck_ch.choices):
+            pair = {"stem_ch": stem_ch, "bottleneck_ch": bch0}
+            lows.append(complexity(self._build(lambda name, dim, p=pair: p.get(name, dim.choices[0]))))
+            highs.append(complexity(self._build(lambda name, dim, p=pair: p.get(name, dim.choices[-1]))))
+        keys = [f.name for f in fields(Complexity)]
+        return (Complexity(*(min(getattr(c, k) for c in lows) for k in keys)),
+                Complexity(*(max(getattr(c, k) for c in highs) for k in keys)))

@@ -92,7 +92,7 @@ class NetSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.stages, tuple) or not self.stages:
             raise SpecError("stages must be a non-empty tuple of StageSpec; add at least one stage")
-        if self.stem not in STEM_STRIDE:
+        if not isinstance(self.stem, str) or self.stem not in STEM_STRIDE:
             raise SpecError(
                 f"stem: unknown kind '{self.stem}'; use one of {', '.join(STEM_STRIDE)}"
             )
