@@ -1,0 +1,402 @@
+"""Brief training of one network on device-resident data (one readable file, airbench style).
+
+SGD with Nesterov momentum, label smoothing, a one-cycle (or cosine, or constant) learning
+rate over a budget of epochs and/or seconds, bf16 autocast on CUDA, batched augmentation on
+the device. Timing uses CUDA events on CUDA and ``perf_counter`` on the CPU, and counts
+training only (validation after each epoch is not charged to the budget). The loss is
+accumulated on the device and checked for NaN/inf every ``FINITE_CHECK_EVERY`` steps and at
+every epoch's end, so a diverging run stops within a few steps without a host sync per step.
+"""
+
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from search.data import (
+    Splits,
+    _set,
+    augment,
+    batches,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    steps_per_epoch,
+)
+from space import Bottleneck, SpecError
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+FINITE_CHECK_EVERY = 50  # steps between the NaN/inf checks (one host sync each)
+
+
+def check_device_name(value, where: str, extra: tuple[str, ...] = ()) -> None:
+    """Raise SpecError unless ``value`` is auto | cpu | cuda | cuda:N (or one of ``extra``)."""
+    if not isinstance(value, str) or not (DEVICE_RE.match(value) or value in extra):
+        valid = " | ".join((*extra, "auto", "cpu", "cuda", "cuda:N"))
+        raise SpecError(f"{where}: unknown device {value!r}; use {valid}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How each trial's network is trained.
+
+    Args:
+        epochs: passes over the training split; fractional values allowed.
+        seconds: training wall-clock budget; stops at whichever of epochs/seconds comes first.
+        batch_size: images per step.
+        lr: peak learning rate.
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum (needs momentum > 0).
+        weight_decay: L2 penalty on conv and linear weights (not on BN parameters or biases).
+        label_smoothing: of the cross-entropy loss.
+        schedule: onecycle | cosine | constant.
+        warmup: fraction of the budget spent rising linearly to ``lr`` (onecycle only).
+        device: auto | cpu | cuda | cuda:N.
+        bf16: bf16 autocast on CUDA (ignored on the CPU).
+        channels_last: NHWC memory format for the model and its inputs.
+        eval_batch_size: images per validation batch.
+        zero_init_residual: zero the last BN of every block so each starts as identity.
+    """
+
+    epochs: float = 1.0  # passes over the training split; fractional allowed
+    seconds: float | None = None  # training budget in s; stops at whichever of epochs/seconds first
+    batch_size: int = 128  # images per step
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # Nesterov momentum
+    weight_decay: float = 5e-4  # on conv/linear weights
+    label_smoothing: float = 0.1  # of the cross-entropy targets
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    warmup: float = 0.2  # fraction of the budget spent warming up (onecycle)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = False  # NHWC memory format
+    eval_batch_size: int = 512  # images per validation batch
+    zero_init_residual: bool = True  # each block starts as identity
+
+    def __post_init__(self) -> None:
+        _set(self, "epochs", check_float(self.epochs, "train.epochs", low=0, low_open=True,
+                                         fix="use e.g. 1 or 0.5"))
+        if self.seconds is not None:
+            _set(self, "seconds", check_float(self.seconds, "train.seconds", low=0, low_open=True,
+                                              fix="use null for no time budget"))
+        check_int(self.batch_size, "train.batch_size", low=1, fix="use e.g. 128")
+        _set(self, "lr", check_float(self.lr, "train.lr", low=0, low_open=True, fix="use e.g. 0.05"))
+        _set(self, "momentum", check_float(self.momentum, "train.momentum", low=0, high=1,
+                                           high_open=True, fix="use e.g. 0.9"))
+        check_bool(self.nesterov, "train.nesterov")
+        if self.nesterov and self.momentum == 0:
+            raise SpecError("train.nesterov needs momentum > 0; set momentum (e.g. 0.9) or "
+                            "nesterov: false")
+        _set(self, "weight_decay", check_float(self.weight_decay, "train.weight_decay", low=0,
+                                               fix="use e.g. 5e-4, or 0 for none"))
+        _set(self, "label_smoothing", check_float(
+            self.label_smoothing, "train.label_smoothing", low=0, high=1, high_open=True,
+            fix="use e.g. 0.1, or 0 for none"))
+        check_choice(self.schedule, "train.schedule", SCHEDULES)
+        _set(self, "warmup", check_float(self.warmup, "train.warmup", low=0, high=1, high_open=True,
+                                         fix="use e.g. 0.2"))
+        check_device_name(self.device, "train.device")
+        check_bool(self.bf16, "train.bf16")
+        check_bool(self.channels_last, "train.channels_last")
+        check_int(self.eval_batch_size, "train.eval_batch_size", low=1, fix="use e.g. 512")
+        check_bool(self.zero_init_residual, "train.zero_init_residual")
+
+
+@dataclass
+class EpochRecord:
+    """One (possibly partial) epoch: mean training loss, validation accuracy, training time."""
+
+    epoch: int
+    train_loss: float
+    val_accuracy: float
+    elapsed_s: float  # training time since the start, evaluation excluded
+
+
+@dataclass
+class TrainResult:
+    """The outcome of ``train_model``.
+
+    Args:
+        val_accuracy: validation accuracy after the last epoch, in [0, 1].
+        history: one record per (possibly partial) epoch.
+        train_time_s: training time, validation excluded.
+        steps: optimizer steps taken.
+        images: training images seen (with repeats across epochs).
+        stopped_by: ``epochs`` or ``seconds``: which budget ended training.
+    """
+
+    val_accuracy: float
+    history: list[EpochRecord] = field(default_factory=list)
+    train_time_s: float = 0.0
+    steps: int = 0
+    images: int = 0
+    stopped_by: str = "epochs"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite; the message says at which step."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device a device name means on this machine.
+
+    Args:
+        name: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        SpecError: for CUDA without CUDA, or ``cuda:N`` beyond the visible GPUs.
+    """
+    check_device_name(name, "device")
+    if name == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if name == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if count else torch.device("cpu")
+    index = int(name.split(":")[1]) if ":" in name else None
+    if count == 0:
+        raise SpecError(
+            f"device '{name}': this machine has no CUDA GPU (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda or 'none'}); use device: cpu, or auto to take a GPU "
+            "only when there is one"
+        )
+    if index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if index >= count:
+        raise SpecError(
+            f"device '{name}': only {count} GPU(s) visible (cuda:0..cuda:{count - 1}); use one "
+            "of those, or check CUDA_VISIBLE_DEVICES"
+        )
+    return torch.device("cuda", index)
+
+
+def seed_everything(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices) and return a generator on ``device``.
+
+    Args:
+        seed: the seed.
+        device: where the returned generator draws (the data order and augmentation).
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def lr_factor(progress: float, schedule: str, warmup: float) -> float:
+    """Multiplier of the peak learning rate at ``progress`` in [0, 1] of the budget.
+
+    Args:
+        progress: share of the budget used.
+        schedule: onecycle (linear up over ``warmup``, then linearly down to 0), cosine
+            (from 1 down to 0), or constant.
+        warmup: share of the budget spent rising (onecycle).
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * p))
+    if p < warmup:
+        return p / warmup
+    return (1 - p) / (1 - warmup)
+
+
+def zero_init_residual(model: nn.Module) -> None:
+    """Zero the last BN weight of every bottleneck, so each block starts as its shortcut."""
+    for m in model.modules():
+        if isinstance(m, Bottleneck):
+            nn.init.zeros_(m.bn3.weight)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+class _Timer:
+    """Accumulated training time: CUDA events on CUDA, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.total = 0.0
+        self._host0: float | None = None  # host clock at start(); None while stopped
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record(torch.cuda.current_stream(self.device))
+        self._host0 = time.perf_counter()
+
+    def running(self) -> float:
+        """Time so far without a device sync (host clock; CUDA work may still be queued)."""
+        if self._host0 is None:
+            return self.total
+        return self.total + time.perf_counter() - self._host0
+
+    def stop(self) -> float:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record(torch.cuda.current_stream(self.device))
+            end.synchronize()
+            self.total += self._start.elapsed_time(end) / 1000
+        else:
+            self.total += time.perf_counter() - self._host0
+        self._host0 = None
+        return self.total
+
+
+def _check_finite(losses: Tensor, lo: int, hi: int, total: int, epoch: int, lr: float) -> None:
+    """Raise NonFiniteLoss if any of ``losses[lo:hi]`` is NaN/inf (one host sync)."""
+    bad = ~torch.isfinite(losses[lo:hi])
+    if hi > lo and bool(bad.any()):
+        first = lo + int(bad.nonzero()[0, 0])
+        raise NonFiniteLoss(
+            f"training loss is {losses[first].item()} at step {first + 1} of {total} (epoch "
+            f"{epoch}, lr {lr:.3g}); lower train.lr or raise train.warmup"
+        )
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, *, bf16: bool = True,
+             channels_last: bool = False) -> float:
+    """Accuracy of ``model`` on ``(x, y)`` in [0, 1]; eval mode, inference mode, one host sync.
+
+    Args:
+        model: the network, on ``x``'s device; its training flag is restored afterwards.
+        x: images ``(N, C, H, W)``.
+        y: labels ``(N,)``.
+        batch_size: images per forward pass.
+        bf16: bf16 autocast on CUDA.
+        channels_last: feed NHWC inputs.
+    """
+    if len(x) == 0:
+        raise ValueError("evaluate: no images to evaluate")
+    was_training = model.training
+    model.eval()
+    cuda = x.device.type == "cuda"
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    try:
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=cuda and bf16):
+            for xb, yb in batches(x, y, batch_size, shuffle=False):
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                correct += (model(xb).argmax(1) == yb).sum()
+    finally:
+        model.train(was_training)
+    return correct.item() / len(x)
+
+
+def train_model(
+    model: nn.Module,
+    splits: Splits,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    seed: int,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``splits.train_*``, scoring ``splits.val_*`` after every epoch.
+
+    The budget is ``ceil(epochs * steps_per_epoch)`` steps, cut short when ``cfg.seconds``
+    of training have passed; the learning rate follows ``max(steps, seconds)`` progress, so
+    a time budget also anneals. A fractional last epoch gets its own record.
+
+    Args:
+        model: the network; moved to ``device`` (and NHWC when ``cfg.channels_last``).
+        splits: the data, already on ``device`` (moved once if not).
+        cfg: the training config.
+        device: the training device (``resolve_device(cfg.device)``).
+        seed: seeds the data order and augmentation (and torch's global RNG).
+        on_epoch: called with each EpochRecord (e.g. to log or to prune the trial).
+
+    Raises:
+        NonFiniteLoss: when the loss becomes NaN/inf (within ``FINITE_CHECK_EVERY`` steps).
+    """
+    gen = seed_everything(seed, device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.zero_init_residual:
+        zero_init_residual(model)
+    train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
+    val_x, val_y = splits.val_x.to(device), splits.val_y.to(device)
+    cuda = device.type == "cuda"
+
+    total = max(1, math.ceil(round(cfg.epochs * steps_per_epoch(len(train_x), cfg.batch_size), 6)))
+    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    losses = torch.zeros(total, device=device)  # per-step loss, written without a host sync
+    timer = _Timer(device)
+    history: list[EpochRecord] = []
+    step = checked = images = epoch = 0
+    lr = 0.0
+    stopped_by = "epochs"
+
+    def out_of_time() -> bool:
+        return cfg.seconds is not None and step > 0 and timer.running() >= cfg.seconds
+
+    while step < total:
+        if out_of_time():
+            stopped_by = "seconds"
+            break
+        epoch += 1
+        first = step
+        model.train()
+        timer.start()
+        for xb, yb in batches(train_x, train_y, cfg.batch_size, shuffle=True, generator=gen,
+                              drop_last=True):
+            if step >= total:
+                break
+            if out_of_time():
+                stopped_by = "seconds"
+                break
+            progress = step / total
+            if cfg.seconds is not None:
+                progress = max(progress, timer.running() / cfg.seconds)
+            lr = cfg.lr * lr_factor(progress, cfg.schedule, cfg.warmup)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            xb = augment(xb, splits.pad, splits.flip, gen)
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", torch.bfloat16, enabled=cuda and cfg.bf16):
+                loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses[step] = loss.detach()
+            step += 1
+            images += len(xb)
+            if step - checked >= FINITE_CHECK_EVERY:
+                _check_finite(losses, checked, step, total, epoch, lr)
+                checked = step
+        timer.stop()
+        if step == first:  # the time ran out between epochs
+            epoch -= 1
+            break
+        _check_finite(losses, checked, step, total, epoch, lr)
+        checked = step
+        record = EpochRecord(
+            epoch, losses[first:step].mean().item(),
+            evaluate(model, val_x, val_y, cfg.eval_batch_size, bf16=cfg.bf16,
+                     channels_last=cfg.channels_last),
+            timer.total,
+        )
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if stopped_by == "seconds":
+            break
+    return TrainResult(history[-1].val_accuracy, history, timer.total, step, images, stopped_by)
