@@ -1,0 +1,138 @@
+"""End-to-end studies on generated data, with real SQLite storages and a real MLflow store."""
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.export import export_best
+from search.pareto import non_dominated, to_losses
+from search.study import open_study, run_search
+from space import build_model, complexity, load_spec
+from space.errors import SpecError
+
+pytestmark = pytest.mark.slow
+
+
+def brute_force_front(study, directions):
+    done = [t for t in study.trials if t.state.name == "COMPLETE"
+            and all(v <= 0 for v in t.constraints.values())]
+    keep = non_dominated([to_losses(t.values, directions) for t in done])
+    return {done[i].number for i in keep}
+
+
+def test_study_logs_runs_tags_and_exports(tiny, tmp_path):
+    cfg = tiny()
+    summary = run_search(cfg, quiet=True)
+    study = summary.study
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+
+    client = MlflowClient(cfg.tracking.uri)
+    parent = client.get_run(summary.parent_id)
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(summary.parent_id)}
+    assert {"pareto.json", "pareto.csv", "experiment.json"} <= artifacts
+    assert any(a.endswith(".png") for a in artifacts)
+    assert len(client.get_metric_history(summary.parent_id, "hypervolume")) == 4
+
+    runs = summary.tracker.trial_runs(summary.parent_id)
+    assert len(runs) == 4
+    by_trial = {int(r.data.tags["resnext_nas.trial"]): r for r in runs}
+    front = brute_force_front(study, cfg.directions)
+    for number, run in by_trial.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["pareto"] == ("true" if number in front else "false")
+        t = study.trials[number]
+        assert run.data.metrics["params"] == t.user_attrs["params"]
+        assert run.data.params["num_stages"] == str(len(t.user_attrs["spec"]["stages"]))
+        if "reused_from" not in t.user_attrs:
+            assert 0.0 <= run.data.metrics["val_accuracy"] <= 1.0
+            assert run.data.metrics["latency_ms"] > 0
+            hist = client.get_metric_history(run.info.run_id, "val_accuracy")
+            assert sorted(m.step for m in hist) == [0, 1]  # final (step 0) + one epoch
+        assert "spec.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    out = tmp_path / "best.yaml"
+    doc = export_best(cfg, "max-accuracy", out)
+    spec = load_spec(out)
+    logged = by_trial[doc["provenance"]["trial"]].data.metrics["params"]
+    assert sum(p.numel() for p in build_model(spec).parameters()) == logged == complexity(spec).params
+    best = max(study.best_trials, key=lambda t: t.values[0])
+    assert doc["metrics"]["val_accuracy"] == pytest.approx(best.values[0])
+
+    # An edited file is caught on load.
+    raw = yaml.safe_load(out.read_text())
+    raw["spec"]["stem_ch"] += 1
+    out.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match="parameters"):
+        load_spec(out)
+
+
+def test_resume_continues_numbering_and_keeps_trials(tiny):
+    first = run_search(tiny(search={"n_trials": 2}), quiet=True)
+    before = {t.number: t.values for t in first.study.trials}
+    second = run_search(tiny(search={"n_trials": 4}), quiet=True)
+    numbers = [t.number for t in second.study.trials]
+    assert numbers == [0, 1, 2, 3]
+    assert {n: second.study.trials[n].values for n in before} == before
+    # the parent run is reused, not duplicated
+    assert second.parent_id == first.parent_id
+
+
+def test_changed_space_with_same_study_name_is_refused(tiny):
+    run_search(tiny(search={"n_trials": 1}), quiet=True)
+    changed = tiny(space={"cardinality": [1, 4]})
+    with pytest.raises(SpecError, match="different space"):
+        open_study(changed)
+
+
+def test_static_budget_never_builds_and_is_infeasible(tiny):
+    from search.study import check_budget
+
+    cfg = tiny(space={"stem_ch": [4, 64]}, constraints={"max_params": 3000}, search={"n_trials": 6})
+    check_budget(cfg)
+    summary = run_search(cfg, quiet=True)
+    skipped = [t for t in summary.study.trials if t.user_attrs.get("skipped")]
+    for t in skipped:
+        assert t.user_attrs["params"] > 3000
+        assert t.constraints["max_params"] > 0
+        assert "metrics" not in t.user_attrs  # never trained
+    assert all(t.user_attrs["params"] <= 3000 for t in summary.study.best_trials)
+
+
+def test_impossible_budget_refuses_to_start(tiny):
+    cfg = tiny(constraints={"max_params": 10})
+    with pytest.raises(SpecError, match="smallest network of the space"):
+        run_search(cfg, quiet=True)
+
+
+def test_identical_network_is_not_retrained(tiny):
+    # a one-network space: every trial after the first reuses trial 0
+    cfg = tiny(space={"num_stages": 1, "stem_ch": 4, "bottleneck_ch": 4, "cardinality": 1}, search={"n_trials": 3})
+    summary = run_search(cfg, quiet=True)
+    trials = summary.study.trials
+    assert [t.user_attrs.get("reused_from") for t in trials] == [None, 0, 0]
+    assert trials[1].values == trials[0].values
+    runs = {r.data.tags["resnext_nas.trial"]: r for r in summary.tracker.trial_runs(summary.parent_id)}
+    assert runs["1"].data.tags["reused_from"] == "0"
+
+
+def test_tracking_store_lost_mid_study_does_not_stop_it(tiny, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+
+    def lose_store(summary):  # after the first trial, the store goes away (nothing listens there)
+        summary.tracker.client = MlflowClient("http://127.0.0.1:9")
+
+    summary = run_search(tiny(search={"n_trials": 3}), quiet=True, on_trial=lose_store)
+    assert len([t for t in summary.study.trials if t.state.name == "COMPLETE"]) == 3
+    assert "[tracking]" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_store_at_start_is_a_clear_error(tiny, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    cfg = tiny(tracking={"uri": "http://127.0.0.1:9"})
+    with pytest.raises(SpecError, match="cannot reach the MLflow tracking store"):
+        run_search(cfg, quiet=True)
