@@ -133,6 +133,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from search.export import evaluate_exported
+
+    cfg = _experiment(args)
+    report = evaluate_exported(cfg, args.exported, epochs=args.epochs, weights_out=args.weights)
+    print(f"{report['name']}: trained {report['epochs']:g} epochs (seed {report['seed']}): "
+          f"val accuracy {report['val_accuracy']:.4f}, test accuracy {report['test_accuracy']:.4f} "
+          f"on {report['test_images']} test images")
+    if args.weights:
+        print(f"weights saved to {args.weights} (safetensors)")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from search.tracking import _abs_sqlite
 
@@ -183,6 +196,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--pick", default="knee",
                    help="knee | max-accuracy | min-latency | min-params | min-macs | 'params<=1e6'")
     s.add_argument("--out", required=True, help="output YAML path")
+
+    s = experiment_cmd("evaluate", "retrain an exported network and report its test accuracy", cmd_evaluate,
+                       False)
+    s.add_argument("exported", help="YAML written by `resnext-nas export`")
+    s.add_argument("--epochs", type=float, help="training epochs (default: train.epochs of the experiment)")
+    s.add_argument("--weights", help="save the trained weights to this .safetensors file")
 
     s = sub.add_parser("ui", help="open the MLflow dashboard on the tracking store")
     s.add_argument("--tracking-uri", help="default sqlite:///mlruns/mlflow.db")

@@ -8,6 +8,7 @@ back), the trial's metrics and where it came from. Nothing else is needed to reb
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -77,3 +78,61 @@ def export_best(cfg: ExperimentConfig, how: str, out: str | Path, storage_url: s
     out.write_text("# resnext-nas export: rebuild with space.build_model(space.load_spec(this_file))\n"
                    + yaml.safe_dump(doc, sort_keys=False))
     return doc
+
+
+def evaluate_exported(cfg: ExperimentConfig, path: str | Path, *, epochs: float | None = None,
+                      weights_out: str | Path | None = None) -> dict:
+    """Retrain an exported network with its trial's seed and score it on the test set.
+
+    The test set is touched here only, never during the search. With the trial's seed and
+    settings on the CPU, the validation accuracy reproduces the trial's.
+
+    Args:
+        cfg: the experiment that produced the export (data and training settings).
+        path: the exported YAML.
+        epochs: training epochs overriding ``train.epochs`` (e.g. a longer final training).
+        weights_out: save the trained weights here (safetensors; no pickle).
+    """
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+
+    from search.data import load_splits, load_test
+    from search.study import build_and_train
+    from search.train import evaluate, resolve_device
+    from space import load_spec
+
+    spec = load_spec(path)
+    doc = yaml.safe_load(Path(path).read_text())
+    seed = (doc.get("provenance") or {}).get("seed") or 0
+    train_cfg = cfg.train if epochs is None else dataclasses.replace(cfg.train, epochs=float(epochs))
+    device = resolve_device(train_cfg.device)
+    splits = load_splits(cfg.data, device)
+    model, result = build_and_train(spec, splits, train_cfg, device, seed)
+    test_x, test_y = load_test(cfg.data, device, splits)
+    test_acc = evaluate(model, test_x, test_y, train_cfg.eval_batch_size, bf16=train_cfg.bf16)
+    report = {"name": spec.name, "seed": seed, "epochs": train_cfg.epochs,
+              "val_accuracy": result.val_accuracy, "test_accuracy": test_acc, "test_images": len(test_y)}
+    if weights_out is not None:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(weights_out), metadata={"spec": json.dumps(spec.to_dict()), "hash": spec.hash})
+        report["weights"] = str(weights_out)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return report
+
+
+def load_weights(weights: str | Path):
+    """Rebuild a network from a safetensors file written by ``evaluate_exported``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from space import NetSpec, build_model
+
+    with safe_open(str(weights), "pt") as f:
+        spec = NetSpec.from_dict(json.loads(f.metadata()["spec"]))
+    model = build_model(spec)
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    return model

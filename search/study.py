@@ -15,6 +15,7 @@ import json
 import math
 import signal
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from search.latency import measure_latency
 from search.pareto import hypervolume, non_dominated, to_losses
 from search.progress import Progress
 from search.tracking import Tracker, quiet_mlflow
-from search.train import resolve_device, train_model
+from search.train import resolve_device, seed_everything, train_model
 from space import NetSpec, build_model, complexity
 from space.errors import SpecError
 
@@ -62,6 +63,13 @@ def check_budget(cfg: ExperimentConfig) -> None:
             )
 
 
+def _experimental(fn, *args, **kwargs):
+    """Call an Optuna constructor whose options we use on purpose while still experimental."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return fn(*args, **kwargs)
+
+
 def open_storage(url: str):
     """An Optuna storage for ``url``: RDB (sqlite/postgresql/mysql, with heartbeats) or journal.
 
@@ -75,7 +83,7 @@ def open_storage(url: str):
         if url.startswith("sqlite:///"):
             from pathlib import Path
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        return _experimental(optuna.storages.RDBStorage, url, heartbeat_interval=30, grace_period=120)
     except Exception as e:
         raise SpecError(f"cannot open the study storage {redact(url)}: "
                         f"{redact(str(e).splitlines()[0])}; check the URL, the server and its "
@@ -86,8 +94,8 @@ def make_sampler(cfg: ExperimentConfig) -> optuna.samplers.BaseSampler:
     """The configured sampler, seeded. Constraints reach TPE and NSGA-II via ``set_constraint``."""
     s, n = cfg.search, cfg.search.n_trials
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=min(10, max(3, n // 3)),
-                                          multivariate=True, group=True, constant_liar=True)
+        return _experimental(optuna.samplers.TPESampler, seed=s.seed, n_startup_trials=min(10, max(3, n // 3)),
+                             multivariate=True, group=True, constant_liar=True)
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(4, min(50, n // 4)))
     if s.sampler == "grid":
@@ -225,6 +233,7 @@ class Objective:
         twin = self._twin(trial, spec.hash)
         if twin is not None:  # an identical network was already trained: reuse, do not retrain
             trial.set_user_attr("reused_from", twin.number)
+            trial.set_user_attr("seed", twin.user_attrs.get("seed"))
             for key, value in twin.constraints.items():
                 trial.set_constraint(key, value)
             metrics = {k: v for k, v in twin.user_attrs.get("metrics", {}).items()}
@@ -232,9 +241,7 @@ class Objective:
             return tuple(twin.values), metrics, {}, {"reused_from": twin.number}
 
         seed = trial_seed(cfg.search.seed, trial.number)
-        model = build_model(spec, cfg.train.zero_init_residual)
-        result = train_model(model, self.splits, cfg.train, device=self.device, seed=seed,
-                             on_epoch=lambda rec: self.progress.epoch(rec))
+        model, result = build_and_train(spec, self.splits, cfg.train, self.device, seed, self.progress.epoch)
         metrics = {**known, "val_accuracy": result.val_accuracy, "train_time_s": result.train_time_s,
                    "train_loss": result.history[-1].train_loss, "epochs": len(result.history)}
         tags = {"seed": seed}
@@ -259,6 +266,18 @@ class Objective:
                     and "skipped" not in t.user_attrs:
                 return t
         return None
+
+
+def build_and_train(spec: NetSpec, splits: Splits, train_cfg, device: torch.device, seed: int,
+                    on_epoch: Callable | None = None):
+    """Seed, build and train one network: the same seed gives the same weights and result.
+
+    Returns:
+        (model, TrainResult).
+    """
+    seed_everything(seed, device)  # before building, so the initial weights follow the seed too
+    model = build_model(spec)
+    return model, train_model(model, splits, train_cfg, device=device, seed=seed, on_epoch=on_epoch)
 
 
 def run_params(spec: NetSpec, cfg: ExperimentConfig) -> dict:

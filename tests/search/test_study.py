@@ -4,7 +4,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.export import export_best
+from search.export import evaluate_exported, export_best, load_weights
 from search.pareto import non_dominated, to_losses
 from search.study import open_study, run_search
 from space import build_model, complexity, load_spec
@@ -59,6 +59,13 @@ def test_study_logs_runs_tags_and_exports(tiny, tmp_path):
     assert sum(p.numel() for p in build_model(spec).parameters()) == logged == complexity(spec).params
     best = max(study.best_trials, key=lambda t: t.values[0])
     assert doc["metrics"]["val_accuracy"] == pytest.approx(best.values[0])
+
+    # Retraining the export with its trial's seed reproduces the trial; weights round-trip safely.
+    report = evaluate_exported(cfg, out, weights_out=tmp_path / "w.safetensors")
+    assert report["val_accuracy"] == doc["metrics"]["val_accuracy"]
+    assert 0.0 <= report["test_accuracy"] <= 1.0 and report["test_images"] > 0
+    model = load_weights(tmp_path / "w.safetensors")
+    assert sum(p.numel() for p in model.parameters()) == logged
 
     # An edited file is caught on load.
     raw = yaml.safe_load(out.read_text())
