@@ -20,8 +20,9 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def print_table(rows: list[dict], out=sys.stdout) -> None:
+def print_table(rows: list[dict], out=None) -> None:
     """Print dict rows as an aligned text table."""
+    out = out or sys.stdout
     if not rows:
         print("(empty)", file=out)
         return
