@@ -12,7 +12,7 @@ parameter count and MACs are known without building a module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import Tensor, nn
 
@@ -27,16 +27,22 @@ def conv_out(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
-@dataclass(frozen=True)
-class Complexity:
-    """Analytic cost of a module: parameters, multiply-accumulates and output activations."""
+class Complexity(NamedTuple):
+    """Analytic cost of a module: parameters, multiply-accumulates and output activations.
+
+    A NamedTuple (immutable, and cheap to create: a study evaluates it for every sampled spec);
+    ``+`` adds costs field by field and ``*`` repeats a module ``n`` times.
+    """
 
     params: int = 0
     macs: int = 0
     acts: int = 0
 
-    def __add__(self, other: Complexity) -> Complexity:
-        return Complexity(self.params + other.params, self.macs + other.macs, self.acts + other.acts)
+    def __add__(self, other: Complexity) -> Complexity:  # type: ignore[override]
+        return Complexity(self[0] + other[0], self[1] + other[1], self[2] + other[2])
+
+    def __mul__(self, n: int) -> Complexity:  # type: ignore[override]
+        return Complexity(self[0] * n, self[1] * n, self[2] * n)
 
 
 def conv_cx(h: int, w: int, c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1):
@@ -97,16 +103,25 @@ def block_complexity(
     base_width: int = 64,
     expansion: int = 4,
 ):
-    """Complexity twin of ``Bottleneck.__init__``; returns (Complexity, h_out, w_out)."""
+    """Complexity twin of ``Bottleneck.__init__``; returns (Complexity, h_out, w_out).
+
+    One row per conv of the constructor, each followed by its BN (2 params per channel, one
+    activation map); plain integer sums, since a study evaluates this for every sampled spec.
+    """
     width = bottleneck_width(bottleneck_ch, base_width, groups)
     out_ch = bottleneck_ch * expansion
-    cx, h1, w1 = conv_cx(h, w, in_ch, width, 1)
-    cx += bn_cx(h1, w1, width)
-    c2, h2, w2 = conv_cx(h1, w1, width, width, 3, stride, groups)
-    cx += c2 + bn_cx(h2, w2, width)
-    c3, h3, w3 = conv_cx(h2, w2, width, out_ch, 1)
-    cx += c3 + bn_cx(h3, w3, out_ch)
+    h2, w2 = conv_out(h, stride), conv_out(w, stride)
+    convs = [  # (c_in, c_out, kernel, groups, output pixels)
+        (in_ch, width, 1, 1, h * w),                # conv1 + bn1
+        (width, width, 3, groups, h2 * w2),         # conv2 + bn2 (carries the stride)
+        (width, out_ch, 1, 1, h2 * w2),             # conv3 + bn3
+    ]
     if stride != 1 or in_ch != out_ch:
-        cd, hd, wd = conv_cx(h, w, in_ch, out_ch, 1, stride)
-        cx += cd + bn_cx(hd, wd, out_ch)
-    return cx, h3, w3
+        convs.append((in_ch, out_ch, 1, 1, h2 * w2))  # downsample: conv + BN
+    params = macs = acts = 0
+    for c_in, c_out, k, g, pixels in convs:
+        weights = c_out * (c_in // g) * k * k
+        params += weights + 2 * c_out
+        macs += weights * pixels
+        acts += 2 * c_out * pixels
+    return Complexity(params, macs, acts), h2, w2

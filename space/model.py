@@ -79,14 +79,13 @@ def layer_complexity(spec: NetSpec) -> list[tuple[str, Complexity, tuple[int, in
     rows.append(("stem", cx, (spec.stem_ch, h, w)))
     in_ch = spec.stem_ch
     for i, stage in enumerate(spec.stages):
-        cx = Complexity()
-        for b in range(stage.depth):
-            bcx, h, w = block_complexity(
-                h, w, in_ch, stage.bottleneck_ch, stage.stride if b == 0 else 1,
-                stage.groups, stage.base_width, spec.expansion,
-            )
-            cx += bcx
-            in_ch = stage.bottleneck_ch * spec.expansion
+        cx, h, w = block_complexity(h, w, in_ch, stage.bottleneck_ch, stage.stride,
+                                    stage.groups, stage.base_width, spec.expansion)
+        in_ch = stage.bottleneck_ch * spec.expansion
+        if stage.depth > 1:  # the other blocks of a stage are identical: stride 1, in == out
+            rest, h, w = block_complexity(h, w, in_ch, stage.bottleneck_ch, 1,
+                                          stage.groups, stage.base_width, spec.expansion)
+            cx += rest * (stage.depth - 1)
         rows.append((f"layer{i + 1}", cx, (in_ch, h, w)))
     fc = in_ch * spec.num_classes
     rows.append(("fc", Complexity(fc + spec.num_classes, fc, spec.num_classes),

@@ -251,6 +251,6 @@ class SearchSpace:
             pair = {"stem_ch": stem_ch, "bottleneck_ch": bch0}
             lows.append(complexity(self._build(lambda name, dim, p=pair: p.get(name, dim.choices[0]))))
             highs.append(complexity(self._build(lambda name, dim, p=pair: p.get(name, dim.choices[-1]))))
-        keys = [f.name for f in fields(Complexity)]
+        keys = Complexity._fields
         return (Complexity(*(min(getattr(c, k) for c in lows) for k in keys)),
                 Complexity(*(max(getattr(c, k) for c in highs) for k in keys)))
