@@ -9,6 +9,7 @@ new field needs no parser code. Unknown keys are errors naming the closest valid
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ OBJECTIVES = {
     "latency_ms": ("minimize", "ms"),
 }
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
+# Optuna's journal file: safe for several local worker processes (see docs/scaling.md)
+DEFAULT_STORAGE = "journal:mlruns/optuna.journal"
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,9 @@ class SearchConfig:
     n_trials: int = 12               # trials to reach (counted over the whole study, so resuming tops up)
     timeout_s: float | None = None   # stop starting new trials after this many seconds
     seed: int = 0                    # seeds the sampler and, with the trial number, every trial
-    storage: str | None = None       # Optuna storage URL; null = sqlite:///mlruns/optuna.db
+    storage: str | None = None       # Optuna storage URL; null = journal:mlruns/optuna.journal
     max_consecutive_failures: int = 5  # stop the study after this many failed trials in a row
+    heartbeat_s: int = 30            # s between heartbeats of a running trial (RDB storages); 4 missed = lost
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -64,6 +68,8 @@ class SearchConfig:
             raise SpecError(f"search.timeout_s must be > 0 or null, got {self.timeout_s}")
         if self.max_consecutive_failures <= 0:
             raise SpecError("search.max_consecutive_failures must be > 0")
+        if self.heartbeat_s <= 0:
+            raise SpecError(f"search.heartbeat_s must be a whole number of seconds > 0, got {self.heartbeat_s}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class ExperimentConfig:
 
     @property
     def storage_url(self) -> str:
-        return self.search.storage or "sqlite:///mlruns/optuna.db"
+        return self.search.storage or DEFAULT_STORAGE
 
 
 SECTIONS = {
@@ -223,11 +229,23 @@ def experiment_from_dict(raw: dict, name: str) -> ExperimentConfig:
     return cfg
 
 
+_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<password>[^@\s]*)@")
+
+
+def redact_text(text: str) -> str:
+    """Hide the password of every URL inside ``text`` (error messages, tracebacks, logs)."""
+    return _CREDENTIALS.sub(lambda m: f"{m['head']}:***@", text)
+
+
+def redact_tree(value):
+    """A copy of a YAML/JSON-like value with every URL password hidden (for logged configs)."""
+    if isinstance(value, dict):
+        return {k: redact_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_tree(v) for v in value]
+    return redact_text(value) if isinstance(value, str) else value
+
+
 def redact(url: str) -> str:
     """Hide the password of a URL (``postgresql://user:***@host/db``) for logs and tags."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    userinfo, _, host = rest.partition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else url
+    return redact_text(url)
