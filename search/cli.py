@@ -88,15 +88,15 @@ def _experiment(args):
 
 
 def cmd_search(args) -> int:
-    from search.config import redact
+    from search.config import redact, redact_text
     from search.export import export_best
     from search.study import StudyAborted, front_table, run_search
 
     cfg = _experiment(args)
     try:
-        summary = run_search(cfg, storage_url=args.storage, quiet=args.quiet)
+        summary = run_search(cfg, storage_url=args.storage, quiet=args.quiet, workers=args.workers)
     except StudyAborted as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 1
     table = front_table(summary.front, cfg.objectives)
     print(f"\nPareto front of study '{cfg.study_name}' ({len(summary.rows)} completed trials, "
@@ -108,6 +108,21 @@ def cmd_search(args) -> int:
         print(f"\nexported the {args.pick} network to {out}")
     if cfg.tracking.enabled:
         print(f"dashboard: resnext-nas ui   (MLflow store {redact(summary.tracker.uri)})")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from search.config import redact_text
+    from search.study import StudyAborted, join_study
+
+    cfg = _experiment(args)
+    try:
+        summary = join_study(cfg, storage_url=args.storage, workers=args.workers, quiet=args.quiet)
+    except StudyAborted as e:
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
+        return 1
+    print(f"study '{cfg.study_name}': {len(summary.rows)} completed trials, {len(summary.front)} on the "
+          "feasible Pareto front; `resnext-nas pareto` shows it")
     return 0
 
 
@@ -190,6 +205,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress display")
     s.add_argument("--pick", default="knee", help="which front point to export at the end")
     s.add_argument("--export-dir", default="mlruns/exports", help="where the exported YAML goes")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes sharing the study (default: one per GPU, pinned; 1 on a CPU machine, "
+                        "where N workers get cores/N threads each); see docs/scaling.md")
+
+    s = experiment_cmd("worker", "join a study started by `search` (another machine, same experiment file)",
+                       cmd_worker)
+    s.add_argument("--workers", type=int, metavar="N", help="worker processes on this machine (default: one "
+                                                          "per GPU, else 1)")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
 
     experiment_cmd("pareto", "print the feasible Pareto front of the study", cmd_pareto)
 
@@ -212,16 +236,35 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def guarded(fn, *args) -> int:
+    """Run ``fn(*args)``; an unexpected error prints its traceback with URL passwords hidden."""
+    try:
+        return fn(*args)
+    except Exception:
+        import traceback
+
+        from search.config import redact_text
+
+        print(redact_text(traceback.format_exc()).rstrip(), file=sys.stderr)
+        print("error: unexpected failure (traceback above); please report it", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished trials are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
+
+    def run() -> int:
+        from search.config import redact_text
+
+        try:
+            return args.fn(args)
+        except SpecError as e:
+            print(f"error: {redact_text(str(e))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("\ninterrupted: finished trials are kept; rerun the same command to resume", file=sys.stderr)
+            return 130
+    return guarded(run)
 
 
 if __name__ == "__main__":

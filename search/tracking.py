@@ -179,6 +179,34 @@ class Tracker:
                     self.client.set_tag(run.info.run_id, "pareto", want)
         self._safe("updating pareto tags", sync)
 
+    def find_trial_run(self, study_name: str, number: int) -> str | None:
+        """The RUNNING run of trial ``number`` (for a trial whose worker died before linking it)."""
+        def find():
+            runs = self.client.search_runs(
+                [self.experiment_id], f"tags.`{STUDY}` = '{study_name}' and tags.`{TRIAL}` = '{number}' "
+                "and attributes.status = 'RUNNING'", max_results=1)
+            return runs[0].info.run_id if runs else None
+        return self._safe(f"looking up the run of trial {number}", find)
+
+    def end_orphan_runs(self, parent_id: str | None, running: set[int]) -> None:
+        """End as KILLED every RUNNING trial run of the study whose trial is no longer running.
+
+        A safety net run by the study's owner at the end: no trial run is ever left RUNNING.
+        """
+        if parent_id is None:
+            return
+
+        def sweep():
+            runs = self.client.search_runs(
+                [self.experiment_id], f"tags.`{PARENT}` = '{parent_id}' and attributes.status = 'RUNNING'",
+                max_results=50_000)
+            for run in runs:
+                number = run.data.tags.get(TRIAL)
+                if number is not None and int(number) not in running:
+                    self.client.set_tag(run.info.run_id, "state", "lost")
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+        self._safe("closing orphaned runs", sweep)
+
     def trial_runs(self, parent_id: str) -> list:
         """All child runs of a study (for tests and summaries)."""
         return self.client.search_runs(
