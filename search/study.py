@@ -736,8 +736,7 @@ def run_search(cfg: ExperimentConfig, *, storage_url: str | None = None, quiet: 
             summary = summarize(study, cfg, tracker, parent_id)
             if short is not None and len(summary.rows) < cfg.search.n_trials:
                 status = "FAILED"
-            running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-            tracker.end_orphan_runs(parent_id, running)
+            tracker.end_orphan_runs(parent_id, {t.number: t.state.name for t in study.get_trials(deepcopy=False)})
             log_study_artifacts(summary, cfg)
             tracker.end(parent_id, status)
     if status == "FAILED":

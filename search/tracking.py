@@ -75,7 +75,9 @@ class Tracker:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
                 location = self.artifacts
-                if "://" not in location:
+                if self.uri.startswith(("http://", "https://")) and "://" not in location:
+                    location = None  # a tracking server: its own (proxied) artifact store, which every machine reaches
+                elif "://" not in location:
                     location = Path(location).resolve().joinpath(self.experiment).as_uri()
                 self.experiment_id = self.client.create_experiment(self.experiment, location)
             else:
@@ -188,10 +190,12 @@ class Tracker:
             return runs[0].info.run_id if runs else None
         return self._safe(f"looking up the run of trial {number}", find)
 
-    def end_orphan_runs(self, parent_id: str | None, running: set[int]) -> None:
-        """End as KILLED every RUNNING trial run of the study whose trial is no longer running.
+    def end_orphan_runs(self, parent_id: str | None, states: dict[int, str]) -> None:
+        """End every RUNNING trial run whose Optuna trial is finished (``states``: number -> state name).
 
-        A safety net run by the study's owner at the end: no trial run is ever left RUNNING.
+        A safety net run by the study's owner at the end (a worker killed between creating a run
+        and linking it, a store that refused the final write): no trial run is left RUNNING.
+        COMPLETE gives FINISHED, FAIL gives FAILED, anything else KILLED.
         """
         if parent_id is None:
             return
@@ -202,9 +206,13 @@ class Tracker:
                 max_results=50_000)
             for run in runs:
                 number = run.data.tags.get(TRIAL)
-                if number is not None and int(number) not in running:
+                state = states.get(int(number)) if number is not None else None
+                if state in (None, "RUNNING", "WAITING"):
+                    continue
+                status = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
+                if status != "FINISHED":
                     self.client.set_tag(run.info.run_id, "state", "lost")
-                    self.client.set_terminated(run.info.run_id, "KILLED")
+                self.client.set_terminated(run.info.run_id, status)
         self._safe("closing orphaned runs", sweep)
 
     def trial_runs(self, parent_id: str) -> list:

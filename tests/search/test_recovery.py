@@ -8,17 +8,19 @@ RUNNING) and the study still reaches its number of completed trials.
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
+from search import worker
 from search.config import load_experiment
-from search.study import finished_rows, open_study, pareto_rows
+from search.study import finished_rows, open_study, pareto_rows, reap_lost_trials
+from search.tracking import Tracker
 
 from .procs import Proc, experiment, mlflow_runs, postgres_url, search, states, training, trials, wait_for
-
-pytestmark = pytest.mark.slow
 
 LONG_TRIALS = {"epochs": 1000, "seconds": 1.0}  # every trial trains for one second
 
@@ -35,6 +37,7 @@ def no_run_left_running(path) -> None:
     assert not [p for p in parents if p.info.status == "RUNNING"]
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_local_worker_fails_its_trial_and_the_others_finish_the_study(tmp_path):
     path = experiment(tmp_path, search={"n_trials": 4}, train=LONG_TRIALS)
     proc = search(path, "--workers", "2")
@@ -63,6 +66,7 @@ def test_sigkill_of_a_local_worker_fails_its_trial_and_the_others_finish_the_stu
     assert [p.info.status for p in parents] == ["FINISHED"]
 
 
+@pytest.mark.slow
 def test_a_worker_that_stops_sending_heartbeats_is_declared_lost(tmp_path):
     """A worker on another machine (its pid cannot be checked from here) dies: heartbeats tell."""
     url = postgres_url()
@@ -91,6 +95,7 @@ def test_a_worker_that_stops_sending_heartbeats_is_declared_lost(tmp_path):
     no_run_left_running(path)
 
 
+@pytest.mark.slow
 def test_sigterm_fails_the_running_trial_and_the_same_command_resumes(tmp_path):
     path = experiment(tmp_path, search={"n_trials": 3}, train=LONG_TRIALS)
     proc = search(path)
@@ -129,6 +134,7 @@ def test_sigterm_fails_the_running_trial_and_the_same_command_resumes(tmp_path):
     no_run_left_running(path)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_local_worker_and_records_their_trials(tmp_path):
     path = experiment(tmp_path, search={"n_trials": 6}, train=LONG_TRIALS)
     proc = search(path, "--workers", "2", new_session=True)  # its own process group, as in a terminal
@@ -146,3 +152,32 @@ def test_ctrl_c_stops_every_local_worker_and_records_their_trials(tmp_path):
         assert runs[t.number].info.status == "KILLED"
     assert [p.info.status for p in parents] == ["KILLED"]
     no_run_left_running(path)
+
+
+def test_reaping_finds_the_run_of_a_worker_that_died_before_linking_it(tiny):
+    """The window between creating a trial's MLflow run and recording its id on the trial."""
+    cfg = tiny()
+    tracker = Tracker(cfg.tracking, cfg.name)
+    study = open_study(cfg)
+    tracker.setup()
+    parent = tracker.study_run(cfg.study_name, {}, {})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = study.ask()
+    trial.set_user_attr("worker", {"host": worker.host(), "pid": dead.pid, "start": None})
+    orphan = tracker.start_trial(parent, cfg.study_name, trial.number, {})  # its id never reached the trial
+    assert reap_lost_trials(study, tracker) == [trial.number]
+    assert study.trials[trial.number].state.name == "FAIL"
+    assert tracker.client.get_run(orphan).info.status == "KILLED"
+    assert reap_lost_trials(study, tracker) == []  # once
+
+
+def test_the_owner_closes_runs_left_running_by_their_finished_trials(tiny):
+    cfg = tiny()
+    tracker = Tracker(cfg.tracking, cfg.name)
+    tracker.setup()
+    parent = tracker.study_run(cfg.study_name, {}, {})
+    runs = {n: tracker.start_trial(parent, cfg.study_name, n, {}) for n in range(4)}
+    tracker.end_orphan_runs(parent, {0: "COMPLETE", 1: "FAIL", 2: "RUNNING"})
+    status = {n: tracker.client.get_run(r).info.status for n, r in runs.items()}
+    assert status == {0: "FINISHED", 1: "FAILED", 2: "RUNNING", 3: "RUNNING"}  # only finished trials' runs
