@@ -10,6 +10,7 @@ study goes on; the Optuna storage keeps the authoritative record.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -223,6 +224,9 @@ class Tracker:
 
 
 def quiet_mlflow() -> None:
-    """MLflow's alembic migration logs flood the console on first use of a database."""
+    """MLflow's alembic migration logs flood the console on first use of a database, and on a
+    tracking server it prints two "View run" lines (with the server URL as given, password
+    included) for every run it ends."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
         logging.getLogger(name).setLevel(logging.WARNING)

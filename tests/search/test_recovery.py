@@ -53,7 +53,8 @@ def test_sigkill_of_a_local_worker_fails_its_trial_and_the_others_finish_the_stu
     assert lost.state.name == "FAIL"
     assert lost.user_attrs["failure"] == "lost"
     assert f"pid {killed_pid} died mid-trial" in lost.user_attrs["fail_reason"]
-    assert states(ts) == {"COMPLETE": 4, "FAIL": 1}  # the lost trial is not counted
+    assert set(states(ts)) == {"COMPLETE", "FAIL"} and states(ts)["FAIL"] == 1  # the lost trial is not counted:
+    assert states(ts)["COMPLETE"] >= 4  # the target was reached without it
     survivor = [t for t in ts if t.user_attrs["worker"]["pid"] != killed_pid]
     assert all(t.state.name == "COMPLETE" for t in survivor)  # the other worker was not disturbed
     assert max(t.number for t in survivor) > victim.number  # and went on after the kill
@@ -88,7 +89,7 @@ def test_a_worker_that_stops_sending_heartbeats_is_declared_lost(tmp_path):
     assert lost.state.name == "FAIL"
     assert lost.user_attrs["failure"] == "lost"
     assert "no heartbeat for 4 s from worker elsewhere" in lost.user_attrs["fail_reason"]
-    assert states(ts) == {"COMPLETE": 5, "FAIL": 1}
+    assert set(states(ts)) == {"COMPLETE", "FAIL"} and states(ts)["FAIL"] == 1 and states(ts)["COMPLETE"] >= 5
     _, runs, _ = mlflow_runs(path)
     assert runs[victim.number].info.status == "FAILED"
     assert runs[victim.number].data.tags["state"] == "lost"
