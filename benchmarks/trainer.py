@@ -1,0 +1,233 @@
+"""The trial trainer (``search.train.train_model``) vs a minimal hand-written PyTorch loop.
+
+Both get the same network (copies of one initialisation), the same data already on the device,
+the same batch size, precision, memory format, optimiser (SGD, Nesterov momentum), loss
+(label-smoothed cross-entropy), augmentation (``search.data.augment``: the data path is compared
+separately by ``benchmarks.datapath``) and the same number of steps. Validation is *included in
+both*: the trainer scores the validation split after every epoch, and so does the hand loop,
+with the same batch size. What the hand loop leaves out is the trainer's bookkeeping: the
+learning-rate schedule, the on-device loss buffer, the NaN/inf checks, the time budget and the
+epoch records. The wall clock of each whole call (a fresh copy of the network each time) is
+timed, variants interleaved round-robin.
+
+    python -m benchmarks.trainer            # 32 px, 2,048 train / 512 val images, 2 epochs (32 steps)
+    python -m benchmarks.trainer --quick    # CI smoke: 16 px, 256 images, 4 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import torch
+from torch import nn
+
+import search.train
+from benchmarks._report import (
+    env_header,
+    footer,
+    median,
+    report,
+    set_threads,
+    sync_for,
+    target,
+    timeit_interleaved,
+)
+from benchmarks._workloads import net, random_splits
+from search.data import Splits, augment, steps_per_epoch
+from search.train import TrainConfig, resolve_device, train_model
+from space import build_model, complexity
+
+TARGET = 0.97  # trainer images/s >= 0.97x the hand loop's
+
+
+def hand_loop(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.device, seed: int,
+              steps: int) -> float:
+    """Train ``model`` for ``steps`` steps the plain way, validating after every epoch.
+
+    Returns the last validation accuracy (so the work cannot be optimised away).
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    cuda = device.type == "cuda"
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    x, y, vx, vy = splits.train_x, splits.train_y, splits.val_x, splits.val_y
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    bs, per_epoch = cfg.batch_size, steps_per_epoch(len(x), cfg.batch_size)
+    step, acc = 0, 0.0
+    while step < steps:
+        model.train()
+        order = torch.randperm(len(x), device=device, generator=gen)
+        for i in range(min(per_epoch, steps - step)):
+            idx = order[i * bs:(i + 1) * bs]
+            xb = augment(x[idx], splits.pad, splits.flip, gen)
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", torch.bfloat16, enabled=cuda and cfg.bf16):
+                loss = loss_fn(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        model.eval()
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=cuda and cfg.bf16):
+            for j in range(0, len(vx), cfg.eval_batch_size):
+                xb = vx[j:j + cfg.eval_batch_size]
+                if cfg.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                correct += (model(xb).argmax(1) == vy[j:j + cfg.eval_batch_size]).sum()
+        acc = correct.item() / len(vx)
+    return acc
+
+
+def compare(splits: Splits, cfg: TrainConfig, spec, device: torch.device, repeats: int, warmup: int = 1,
+            seed: int = 0, label: str = "") -> dict:
+    """Time ``train_model`` and ``hand_loop`` on copies of one network; print and return the rates.
+
+    Args:
+        splits: data on ``device``.
+        cfg: the training config (its ``epochs`` sets the steps of both).
+        spec: the network's NetSpec.
+        device: the training device.
+        repeats: timed calls of each variant, interleaved.
+        warmup: untimed calls of each first.
+        seed: seed of both runs.
+        label: printed before the variant names.
+    """
+    template = build_model(spec, cfg.zero_init_residual)
+    steps = max(1, round(cfg.epochs * steps_per_epoch(len(splits.train_x), cfg.batch_size)))
+    images = steps * cfg.batch_size
+    inner: dict[str, list[float]] = {"train_time_s": []}
+
+    def trainer() -> None:
+        result = train_model(copy.deepcopy(template), splits, cfg, device=device, seed=seed)
+        assert result.steps == steps, (result.steps, steps)
+        inner["train_time_s"].append(result.train_time_s)
+
+    def hand() -> None:
+        hand_loop(copy.deepcopy(template), splits, cfg, device, seed, steps)
+
+    times = timeit_interleaved({"train_model": trainer, "hand loop": hand}, repeats, warmup,
+                               sync=sync_for(device))
+    rate_t, rate_h = images / median(times["train_model"]), images / median(times["hand loop"])
+    print(report(f"{label}train_model (incl. val)", times["train_model"], images, "img"))
+    print(report(f"{label}hand loop (incl. val)", times["hand loop"], images, "img"))
+    inner_t = inner["train_time_s"][warmup:]
+    print(f"{label + 'train_model, val excluded':<32} median {median(inner_t):.3f} s (its train_time_s) "
+          f"-> {images / median(inner_t):,.1f} img/s")
+    r = rate_t / rate_h
+    print(f"ratio       {label}train_model / hand loop images/s: {r:.3f}x")
+    return {"trainer": rate_t, "hand": rate_h, "ratio": r}
+
+
+def _allocator_child(tuned: bool, args: tuple) -> dict:
+    """In a fresh process: time ``calls`` train_model calls with or without ``tune_cpu_malloc``."""
+    threads, spec, n_train, n_val, size, cfg, calls = args
+    set_threads(threads)
+    if not tuned:
+        search.train._malloc_tuned = False  # as if the tuning had been tried and was unavailable
+    splits = random_splits(n_train, n_val, size, "cpu")
+    template = build_model(spec, cfg.zero_init_residual)
+    device = torch.device("cpu")
+    train_model(copy.deepcopy(template), splits, cfg, device=device, seed=0)  # warm-up
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    times = timeit_interleaved({"t": lambda: train_model(copy.deepcopy(template), splits, cfg, device=device,
+                                                         seed=0)}, calls, warmup=0)["t"]
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {"times": times, "faults": (r1.ru_minflt - r0.ru_minflt) / calls,
+            "sys": (r1.ru_stime - r0.ru_stime) / calls, "user": (r1.ru_utime - r0.ru_utime) / calls,
+            "tuned": search.train.tune_cpu_malloc()}
+
+
+def compare_allocator(spec, n_train: int, n_val: int, size: int, cfg: TrainConfig, threads: int,
+                      rounds: int, calls: int) -> float:
+    """train_model with glibc's default allocator settings vs ``tune_cpu_malloc`` (CPU only).
+
+    mallopt cannot be undone inside a process, so each variant runs in fresh processes,
+    alternating (off, on, off, on, ...); returns the on/off images/s ratio.
+    """
+    job = (threads, spec, n_train, n_val, size, cfg, calls)
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    ctx = get_context("spawn")
+    for _ in range(rounds):
+        for tuned in (False, True):
+            with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                runs[tuned].append(pool.submit(_allocator_child, tuned, job).result())
+    steps = max(1, round(cfg.epochs * steps_per_epoch(n_train, cfg.batch_size)))
+    images = steps * cfg.batch_size
+    rates = {}
+    for tuned, label in ((False, "glibc defaults"), (True, "tune_cpu_malloc")):
+        times = [t for r in runs[tuned] for t in r["times"]]
+        faults = median([r["faults"] for r in runs[tuned]])
+        sys_s, user_s = median([r["sys"] for r in runs[tuned]]), median([r["user"] for r in runs[tuned]])
+        print(report(f"train_model, {label}", times, images, "img"))
+        print(f"{'':<32} per call: {faults:,.0f} page faults, {sys_s:.2f} s system + {user_s:.2f} s user CPU"
+              + ("" if tuned == runs[tuned][0]["tuned"] else "  (tuning NOT in effect on this machine)"))
+        rates[tuned] = images / median(times)
+    r = rates[True] / rates[False]
+    print(f"ratio       train_model tuned / default allocator images/s: {r:.3f}x")
+    return r
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke: tiny sizes, 2 repeats")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see benchmarks/_report)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls of each variant (5)")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC model and inputs in both")
+    parser.add_argument("--no-allocator", action="store_true",
+                        help="skip the CPU allocator before/after (fresh processes, ~1 min)")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    if args.quick:
+        size, n_train, n_val, bs, epochs, repeats = 16, 256, 64, 64, 1, 2
+        spec = net(2, stem_ch=8, bottleneck_ch=8, input_size=size)
+    elif cuda:
+        size, n_train, n_val, bs, epochs, repeats = 32, 16384, 2048, 256, 2, 5
+        spec = net(8, stages=3, stem_ch=32, bottleneck_ch=32, base_width=8, input_size=size)
+    else:
+        size, n_train, n_val, bs, epochs, repeats = 32, 1024, 256, 128, 2, 5
+        spec = net(4, stem_ch=16, bottleneck_ch=16, base_width=8, input_size=size)
+    repeats = args.repeats or repeats
+    cfg = TrainConfig(epochs=epochs, batch_size=bs, device=str(device), channels_last=args.channels_last)
+    splits = random_splits(n_train, n_val, size, device)
+    steps = epochs * steps_per_epoch(n_train, bs)
+    cx = complexity(spec)
+
+    print("benchmark: trial trainer (search.train.train_model) vs a minimal hand-written loop")
+    print(env_header(device))
+    print(f"network:     {spec.name} ({cx.params / 1e6:.3f}M params, {cx.macs / 1e6:.1f}M MACs/img)")
+    print(f"data:        {n_train} train / {n_val} val random images {splits.info.in_ch}x{size}x{size} on "
+          f"{device}, pad {splits.pad}, flip {splits.flip}")
+    print(f"work:        {steps} steps of batch {bs} ({epochs} epochs), "
+          f"{'bf16 autocast' if cuda and cfg.bf16 else 'float32'}, "
+          f"{'channels_last' if cfg.channels_last else 'NCHW'}; validation ({n_val} images, batch "
+          f"{cfg.eval_batch_size}) after every epoch in BOTH variants")
+    print(f"repeats:     {repeats} per variant, interleaved, after 1 warm-up call each; wall clock per call, "
+          "median reported")
+    t0 = time.perf_counter()
+    result = compare(splits, cfg, spec, device, repeats)
+    print(target(f"train_model / hand loop >= {TARGET}x", result["ratio"] >= TARGET, f"{result['ratio']:.3f}x"))
+    if device.type == "cpu" and not args.quick and not args.no_allocator:
+        print("\n== CPU allocator: search.train.tune_cpu_malloc before/after (same work, fresh processes, "
+              "alternating off/on, 2 rounds x 2 timed calls after 1 warm-up each)")
+        result["allocator"] = compare_allocator(spec, n_train, n_val, size, cfg, args.threads, rounds=2, calls=2)
+    print(f"elapsed:     {time.perf_counter() - t0:.1f} s")
+    print(footer())
+    return result
+
+
+if __name__ == "__main__":
+    main()
