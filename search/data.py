@@ -479,12 +479,11 @@ def augment(x: Tensor, pad: int, flip: bool, generator: torch.Generator | None =
     if flip:
         flipped = torch.rand(n, 1, device=dev, generator=generator) < 0.5
         cols = torch.where(flipped, cols.flip(1), cols)
-    return x[
-        torch.arange(n, device=dev)[:, None, None, None],
-        torch.arange(c, device=dev)[None, :, None, None],
-        rows[:, None, :, None],
-        cols[:, None, None, :],
-    ]
+    # one gather along the flattened pixels: ~5x faster on the CPU than indexing with four
+    # broadcast index tensors (benchmarks.datapath shows the before/after), and the same pixels
+    width = x.shape[-1]
+    flat = (rows[:, :, None] * width + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return x.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
 
 
 def batches(
