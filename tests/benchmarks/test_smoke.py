@@ -1,0 +1,75 @@
+"""Every benchmark runs in its --quick mode and prints its evidence: the environment header
+and at least one ratio line. Structure only: these machines are too noisy for timed asserts."""
+
+import re
+
+import pytest
+
+from benchmarks import complexity, datapath, gpu, latency, memory, overhead, run_all, trainer
+
+HEADER = ("device:", "torch:", "threads:", "load:")
+RATIO = re.compile(r"^ratio\s+.+:\s+[\d,]+\.\d+x", re.M)  # "ratio       <what>: 1.234x"
+
+
+def check(out: str, ratio: re.Pattern = RATIO) -> None:
+    for field in HEADER:
+        assert re.search(rf"^{field}", out, re.M), f"no '{field}' line in the header:\n{out[:2000]}"
+    assert ratio.search(out), f"no ratio line:\n{out[-3000:]}"
+    assert re.search(r"^load:\s.* at end$", out, re.M), "no closing load line"
+
+
+@pytest.mark.parametrize("module", [trainer, latency, datapath], ids=lambda m: m.__name__)
+def test_quick_benchmarks_print_header_and_ratio(module, capsys):
+    module.main(["--quick"])
+    out = capsys.readouterr().out
+    check(out)
+    assert "target " in out
+
+
+def test_complexity_quick(capsys):
+    complexity.main(["--quick"])
+    check(capsys.readouterr().out, re.compile(r"^analytic vs build \(params\)\s+[\d,]+\.\dx", re.M))
+
+
+@pytest.mark.slow
+def test_overhead_quick_runs_the_real_study_and_the_proposals(capsys):
+    overhead.main(["--quick"])
+    out = capsys.readouterr().out
+    check(out)
+    variants = (list(overhead.VARIANTS)[0], list(overhead.VARIANTS)[-1])  # current, all proposals
+    for variant in variants:
+        assert f"== {variant}" in out
+    assert "disagree" not in out, "a proposed change left Pareto tags that differ from the front"
+    assert out.count("agree with the final front") == len(variants)
+
+
+@pytest.mark.slow
+def test_memory_quick(capsys):
+    memory.main(["--quick"])
+    out = capsys.readouterr().out
+    check(out)
+    assert re.search(r"^\s+5\s+[\d.]+\s", out, re.M), "no RSS row for trial 5"
+    assert "target      no RSS growth trend" in out
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_on_this_machine(capsys):
+    gpu.main(["--quick"])
+    out = capsys.readouterr().out
+    check(out)
+    assert "recommendation: fastest memory format per (cardinality, dtype)" in out
+    for card in gpu.CARDINALITIES:
+        assert re.search(rf"^\s+{card} (fp32|bf16)\s+(NCHW|channels_last)\s", out, re.M)
+    assert "probe:" in out and "per-trial overhead" in out
+
+
+def test_run_all_rejects_unknown_names():
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "trainer,nope"])
+
+
+def test_run_all_lists_every_benchmark_module():
+    import importlib
+
+    for name in run_all.BENCHMARKS:
+        assert hasattr(importlib.import_module(f"benchmarks.{name}"), "main")
