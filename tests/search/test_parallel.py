@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from search import worker
+from search.cli import main
 
 from .procs import Proc, experiment, mlflow_runs, postgres_url, search, states, trials, wait_for
 
@@ -55,11 +56,9 @@ def test_search_and_a_joining_worker_share_a_postgresql_study(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parents[0].info.run_id}
 
 
-def test_worker_before_any_study_is_a_clear_error(tmp_path):
-    path = experiment(tmp_path)
-    proc = Proc(["worker", str(path)], tmp_path, "worker.log")
-    assert proc.wait() == 2
-    assert "run `resnext-nas search` first" in proc.output()
+def test_worker_before_any_study_is_a_clear_error(tmp_path, capsys):
+    assert main(["worker", str(experiment(tmp_path))]) == 2
+    assert "run `resnext-nas search` first" in capsys.readouterr().err
 
 
 def test_plan_splits_cores_and_pins_gpus(monkeypatch):
