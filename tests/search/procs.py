@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -126,6 +127,12 @@ def trials(path: Path, storage: str | None = None) -> list[optuna.trial.FrozenTr
 def training(path: Path, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
     """Running trials whose training has begun."""
     return [t for t in trials(path, storage) if t.state.name == "RUNNING" and "epochs_done" in t.user_attrs]
+
+
+def just_started(path: Path, within_s: float = 0.6, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    """Trials in training that started less than ``within_s`` ago: a signal sent now lands mid-trial."""
+    now = datetime.now()
+    return [t for t in training(path, storage) if (now - t.datetime_start).total_seconds() < within_s]
 
 
 def states(ts) -> dict[str, int]:
