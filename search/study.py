@@ -591,6 +591,8 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
                 break
             if cfg.search.timeout_s is not None and time.monotonic() - t0 >= cfg.search.timeout_s:
                 break
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                break  # every network of the grid has been tried
             if complete + running >= n:  # the last trials run elsewhere: wait, take over if one is lost
                 time.sleep(POLL_S)
                 continue
@@ -828,6 +830,9 @@ def log_study_artifacts(summary: Summary, cfg: ExperimentConfig) -> None:
     hv = hypervolume_history(summary.rows, cfg)
     tracker.log(parent, series={"hypervolume": hv},
                 metrics={"trials_completed": len(summary.rows), "pareto_size": len(table)})
+    import matplotlib.pyplot as plt
+
     from search.plots import pareto_figures
     for name, fig in pareto_figures(summary.rows, summary.front, cfg.objectives).items():
         tracker.log_figure(parent, fig, name)
+        plt.close(fig)  # pyplot keeps every figure alive until closed
