@@ -45,6 +45,17 @@ def postgres_url() -> str:
     return url
 
 
+def rdb_url(tmp_path: Path) -> str:
+    """PostgreSQL when the run has one, else SQLite (also an RDB storage with heartbeats), loudly."""
+    if os.environ.get(PG_ENV):
+        return postgres_url()
+    warnings.warn(f"NO POSTGRESQL SERVER: {PG_ENV} is not set; this heartbeat test runs on SQLite instead",
+                  pytest.PytestWarning, stacklevel=2)
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    open_storage(url).engine.dispose()
+    return url
+
+
 def experiment(tmp_path: Path, storage: str | None = None, name: str = "exp", **sections) -> Path:
     """A tiny experiment file (see conftest.tiny_raw) with its stores under tmp_path."""
     raw = tiny_raw(tmp_path, **sections)

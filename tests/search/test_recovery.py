@@ -24,7 +24,7 @@ from .procs import (
     experiment,
     just_started,
     mlflow_runs,
-    postgres_url,
+    rdb_url,
     search,
     states,
     training,
@@ -79,7 +79,7 @@ def test_sigkill_of_a_local_worker_fails_its_trial_and_the_others_finish_the_stu
 @pytest.mark.slow
 def test_a_worker_that_stops_sending_heartbeats_is_declared_lost(tmp_path):
     """A worker on another machine (its pid cannot be checked from here) dies: heartbeats tell."""
-    url = postgres_url()
+    url = rdb_url(tmp_path)
     path = experiment(tmp_path, storage=url, search={"n_trials": 5, "study_name": f"hb-{uuid.uuid4().hex[:8]}"},
                       train=LONG_TRIALS)
     owner = search(path, log="owner.log")
