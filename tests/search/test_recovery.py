@@ -49,7 +49,7 @@ def no_run_left_running(path) -> None:
 
 @pytest.mark.slow
 def test_sigkill_of_a_local_worker_fails_its_trial_and_the_others_finish_the_study(tmp_path):
-    path = experiment(tmp_path, search={"n_trials": 4}, train=LONG_TRIALS)
+    path = experiment(tmp_path, search={"n_trials": 3}, train=LONG_TRIALS)
     proc = search(path, "--workers", "2")
     victim = wait_for(lambda: just_started(path), 60, "a trial that just began training", (proc,), every=0.1)[0]
     killed_pid = victim.user_attrs["worker"]["pid"]
@@ -63,7 +63,7 @@ def test_sigkill_of_a_local_worker_fails_its_trial_and_the_others_finish_the_stu
     assert lost.user_attrs["failure"] == "lost"
     assert f"pid {killed_pid} died mid-trial" in lost.user_attrs["fail_reason"]
     assert set(states(ts)) == {"COMPLETE", "FAIL"} and states(ts)["FAIL"] == 1  # the lost trial is not counted:
-    assert states(ts)["COMPLETE"] >= 4  # the target was reached without it
+    assert states(ts)["COMPLETE"] >= 3  # the target was reached without it
     survivor = [t for t in ts if t.user_attrs["worker"]["pid"] != killed_pid]
     assert all(t.state.name == "COMPLETE" for t in survivor)  # the other worker was not disturbed
     assert max(t.number for t in survivor) > victim.number  # and went on after the kill
@@ -107,7 +107,7 @@ def test_a_worker_that_stops_sending_heartbeats_is_declared_lost(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_fails_the_running_trial_and_the_same_command_resumes(tmp_path):
-    path = experiment(tmp_path, search={"n_trials": 3}, train=LONG_TRIALS)
+    path = experiment(tmp_path, search={"n_trials": 2}, train=LONG_TRIALS)
     proc = search(path)
     victim = wait_for(lambda: [t for t in just_started(path) if t.number >= 1], 60, "trial 1 in training", (proc,),
                       every=0.1)[0]
@@ -132,7 +132,7 @@ def test_sigterm_fails_the_running_trial_and_the_same_command_resumes(tmp_path):
     assert again.wait() == 0, again.output()
     ts = trials(path)
     assert [t.number for t in ts] == list(range(len(ts)))
-    assert states(ts) == {"COMPLETE": 3, "FAIL": 1}
+    assert states(ts) == {"COMPLETE": 2, "FAIL": 1}
     assert min(t.number for t in ts if t.number not in done_before and t.number != victim.number) > victim.number
     assert {n: ts[n].values for n in done_before} == done_before  # finished trials kept as they were
     final = front(path)
