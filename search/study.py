@@ -660,10 +660,16 @@ def _run_workers(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, u
               f"'{cfg.study_name}' in {redact(url)}", file=sys.stderr)
 
     def on_exit(e: worker.WorkerExit) -> None:
-        lost = reap_lost_trials(study, tracker)
-        if e.code != 0:
+        reap_lost_trials(study, tracker)
+        if e.code != 0:  # its lost trials, whichever process marked them
+            here = worker.host()
+            lost = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                    if t.user_attrs.get("failure") == "lost"
+                    and (t.user_attrs.get("worker") or {}).get("pid") == e.pid
+                    and (t.user_attrs.get("worker") or {}).get("host") == here]
             print(f"[w{e.slot.index}] worker pid {e.pid} {e.how}"
-                  + (f"; its trial {', '.join(map(str, lost))} is marked failed" if lost else ""), file=sys.stderr)
+                  + (f"; its trial{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} "
+                     f"{'are' if len(lost) > 1 else 'is'} marked failed" if lost else ""), file=sys.stderr)
 
     payload = {"raw": cfg.raw, "name": cfg.name, "storage": url, "quiet": quiet}
     exits = worker.supervise(slots, payload, on_exit)
