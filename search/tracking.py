@@ -162,24 +162,27 @@ class Tracker:
     # -- Pareto tags --------------------------------------------------------------------------
 
     def sync_pareto_tags(self, parent_id: str | None, on_front: set[int]) -> None:
-        """Set ``pareto`` = true/false on every trial run whose tag differs from the current front.
+        """Set ``pareto`` = true/false on the finished trial runs whose tag differs from the front.
 
-        Reads the current tags back first (one query), so several workers keep it right.
+        Reads the tags back first, so several workers keep them right, but only of runs whose tag
+        can still change: tagged ``true`` or not tagged yet. A trial that left the front never
+        returns to it (finished trials' values never change), so ``false`` is final and the cost
+        does not grow with the study. A run still RUNNING is tagged once it has ended.
         """
         if parent_id is None:
             return
 
         def sync():
-            runs = self.client.search_runs(
-                [self.experiment_id], f"tags.`{PARENT}` = '{parent_id}'", max_results=50_000
-            )
-            for run in runs:
-                number = run.data.tags.get(TRIAL)
-                if number is None:
-                    continue
-                want = "true" if int(number) in on_front else "false"
-                if run.data.tags.get("pareto") != want:
-                    self.client.set_tag(run.info.run_id, "pareto", want)
+            base = f"tags.`{PARENT}` = '{parent_id}'"
+            for where in ("tags.pareto = 'true'", "tags.pareto IS NULL"):
+                for run in self.client.search_runs([self.experiment_id], f"{base} and {where}",
+                                                   max_results=50_000):
+                    number = run.data.tags.get(TRIAL)
+                    if number is None or run.info.status == "RUNNING":
+                        continue
+                    want = "true" if int(number) in on_front else "false"
+                    if run.data.tags.get("pareto") != want:
+                        self.client.set_tag(run.info.run_id, "pareto", want)
         self._safe("updating pareto tags", sync)
 
     def find_trial_run(self, study_name: str, number: int) -> str | None:
