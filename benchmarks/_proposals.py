@@ -1,96 +1,86 @@
-"""Changes proposed to modules the benchmarks do not own, as patches the benchmarks can apply.
+"""A change proposed to modules the benchmarks do not own, as a patch the benchmarks can apply.
 
-``search/study.py`` and ``search/tracking.py`` belong to other module owners, so the changes the
-overhead and memory benchmarks argue for live here, in the exact form proposed, and are patched
-in (``unittest.mock.patch.object``) only while a benchmark measures them next to the current code:
+``search/study.py`` and ``search/tracking.py`` belong to other module owners, so a change the
+overhead and memory benchmarks argue for lives here, in the exact form proposed, and is applied
+only while a benchmark measures it next to the current code.
 
-- ``release_memory_frozen`` for ``search.study.release_memory``: after the per-trial full
-  ``gc.collect()``, ``gc.freeze()`` the survivors, so the next trial's collection walks only the
-  objects created since (torch, MLflow, SQLAlchemy and Optuna keep ~700,000 long-lived objects;
-  walking them all takes ~350 ms per trial on a 2-core EPYC). ``run_search`` calls
-  ``gc.unfreeze()`` when the study ends (its ``finally:``), so a process that runs several
-  studies (the tests) gets its objects back into normal collection.
-- ``sync_pareto_tags_incremental`` for ``search.tracking.Tracker.sync_pareto_tags``: read back
-  only the runs whose ``pareto`` tag can change (tagged ``true``, or not tagged yet) instead of
-  every run of the study with all its params and metrics after every trial. A trial that left the
-  front never returns to it (completed trials' values never change), so ``false`` is final. The
-  current code's per-trial cost grows with the number of trials (~1 ms per earlier trial here).
-- ``sqlite_wal`` (for ``search/study.py`` or ``search/tracking.py``, before the stores open):
-  SQLite connections in WAL mode with ``synchronous=NORMAL``. A trial makes ~48 commits to the
-  two SQLite stores and each is an fsync in SQLite's default rollback-journal mode, so a busy
-  disk multiplies the per-trial overhead; in WAL mode with NORMAL sync a commit does not fsync
-  (the WAL is synced at checkpoints). Trade-off: after a power loss (not a process crash) the
-  last few committed transactions can be lost; WAL needs a local filesystem, as SQLite's
-  locking already does. Multi-machine studies use a server database and are unaffected.
+Two earlier proposals have landed in ``search/`` and are measured as the current code now:
+``release_memory`` freezes the survivors of each trial's full collection (``gc.freeze()``;
+``_optimize`` unfreezes at the end), and ``Tracker.sync_pareto_tags`` reads back only the runs
+whose tag can change. The one left:
+
+- ``sqlite_wal``: SQLite connections in WAL mode with ``synchronous=NORMAL``. Each commit to a
+  SQLite store is an fsync in SQLite's default rollback-journal mode, so a busy disk multiplies
+  the per-trial overhead; in WAL mode with NORMAL sync a commit does not fsync (the WAL is synced
+  at checkpoints). With the default stores only MLflow is on SQLite (``sqlite:///mlruns/mlflow.db``);
+  Optuna's default is the journal file ``journal:mlruns/optuna.journal``, which this does not
+  touch (it fsyncs each append itself). Trade-offs: after a power loss (not a process crash) the
+  last few committed transactions can be lost; WAL needs a local filesystem, as SQLite's locking
+  already does; WAL mode is a property of the database file, so later readers of it use WAL too.
+  Not landed because it is an SQLAlchemy ``Engine`` ``connect`` listener, i.e. process-global:
+  as written in the first proposal it changed every SQLite engine in the user's process. The
+  form here is scoped: installed only for the duration of the block (in ``search/`` that would
+  be ``run_search``) and, given ``paths``, applied only to connections to those database files
+  (the study's own stores).
+
+``check_pareto_tags`` checks a finished study's tags against its final front (every study the
+overhead and memory benchmarks run, current code included).
 """
 
 from __future__ import annotations
 
-import gc
+import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, contextmanager
-from unittest import mock
 
-import torch
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-import search.study
-import search.tracking
-from search.tracking import PARENT, TRIAL
+from search.tracking import TRIAL
 
 
-def release_memory_frozen() -> None:
-    """Proposed ``search.study.release_memory``: collect, then freeze what survived."""
-    gc.collect()
-    gc.freeze()  # survivors are long-lived (modules, stores, caches): later collections skip them
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def sync_pareto_tags_incremental(self, parent_id: str | None, on_front: set[int]) -> None:
-    """Proposed ``Tracker.sync_pareto_tags``: only runs tagged ``true`` or not tagged yet are read."""
-    if parent_id is None:
-        return
-
-    def sync():
-        base = f"tags.`{PARENT}` = '{parent_id}'"
-        runs = [run for where in ("tags.pareto = 'true'", "tags.pareto IS NULL")
-                for run in self.client.search_runs([self.experiment_id], f"{base} and {where}", max_results=50_000)]
-        for run in runs:
-            number = run.data.tags.get(TRIAL)
-            if number is None or run.info.status == "RUNNING":  # a trial still running is tagged when it ends
-                continue
-            want = "true" if int(number) in on_front else "false"
-            if run.data.tags.get("pareto") != want:
-                self.client.set_tag(run.info.run_id, "pareto", want)
-    self._safe("updating pareto tags", sync)
-
-
-def sqlite_wal_on_connect(dbapi_conn, _record) -> None:
-    """Proposed listener on SQLAlchemy's ``Engine`` ``connect`` event: WAL + synchronous=NORMAL."""
-    if isinstance(dbapi_conn, sqlite3.Connection):
-        dbapi_conn.execute("PRAGMA journal_mode=WAL")
-        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+def _database_file(dbapi_conn: sqlite3.Connection) -> str:
+    """The file of a SQLite connection's main database ('' for an in-memory one)."""
+    for _seq, name, file in dbapi_conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return file or ""
+    return ""
 
 
 @contextmanager
-def sqlite_wal():
-    """Every SQLite connection opened inside the block runs in WAL mode with synchronous=NORMAL."""
-    event.listen(Engine, "connect", sqlite_wal_on_connect)
+def sqlite_wal(paths: Iterable[str | os.PathLike] | None = None):
+    """SQLite connections opened inside the block run in WAL mode with synchronous=NORMAL.
+
+    Args:
+        paths: only connections to these database files (None: every SQLite connection).
+    """
+    wanted = None if paths is None else {os.path.realpath(p) for p in paths}
+
+    def on_connect(dbapi_conn, _record) -> None:
+        if not isinstance(dbapi_conn, sqlite3.Connection):
+            return
+        if wanted is not None and os.path.realpath(_database_file(dbapi_conn) or ":memory:") not in wanted:
+            return
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+    event.listen(Engine, "connect", on_connect)
     try:
         yield
     finally:
-        event.remove(Engine, "connect", sqlite_wal_on_connect)
+        event.remove(Engine, "connect", on_connect)
 
 
-# name -> a factory of the context manager that applies the proposed change
-PATCHES: dict[str, Callable[[], AbstractContextManager]] = {
-    "gc.freeze": lambda: mock.patch.object(search.study, "release_memory", release_memory_frozen),
-    "incremental pareto tags": lambda: mock.patch.object(search.tracking.Tracker, "sync_pareto_tags",
-                                                         sync_pareto_tags_incremental),
-    "sqlite wal": sqlite_wal,
+def sqlite_files(cfg) -> list[str]:
+    """The SQLite database files of an experiment's stores (Optuna and MLflow), if any."""
+    return [url[len("sqlite:///"):] for url in (cfg.storage_url, cfg.tracking.uri or "")
+            if url.startswith("sqlite:///")]
+
+
+# name -> a factory (given the experiment) of the context manager that applies the proposed change
+PATCHES: dict[str, Callable[..., AbstractContextManager]] = {
+    "sqlite wal": lambda cfg: sqlite_wal(sqlite_files(cfg)),
 }
 
 

@@ -71,11 +71,12 @@ def random_splits(n_train: int, n_val: int, size: int, device: torch.device | st
 
 
 def tiny_study(tmp: Path, n_trials: int, *, name: str = "bench", device: str = "cpu", epochs: float = 1.0,
-               sampler: str = "tpe", latency: bool = True, **sections) -> ExperimentConfig:
+               sampler: str = "tpe", latency: bool = True, storage: str = "journal", **sections) -> ExperimentConfig:
     """A study over small networks on the bundled synthetic dataset, its stores under ``tmp``.
 
-    Optuna on ``sqlite:///tmp/optuna.db`` and MLflow on ``sqlite:///tmp/mlflow.db`` (artifacts in
-    ``tmp/artifacts``): the real study path, with the local stores the quickstart uses.
+    Optuna on ``journal:tmp/optuna.journal`` (the default storage's kind) or
+    ``sqlite:///tmp/optuna.db``, MLflow on ``sqlite:///tmp/mlflow.db`` (artifacts in
+    ``tmp/artifacts``): the real study path, with the local stores a default config uses.
 
     Args:
         tmp: directory for the stores.
@@ -85,15 +86,19 @@ def tiny_study(tmp: Path, n_trials: int, *, name: str = "bench", device: str = "
         epochs: train.epochs of every trial.
         sampler: search.sampler.
         latency: measure latency (an objective then).
+        storage: Optuna storage kind, ``journal`` (the default's) or ``sqlite``.
         **sections: section -> mapping merged over the defaults (e.g. ``train={"batch_size": 64}``).
     """
+    if storage not in ("journal", "sqlite"):
+        raise ValueError(f"storage must be 'journal' or 'sqlite', not {storage!r}")
+    optuna_url = f"journal:{tmp}/optuna.journal" if storage == "journal" else f"sqlite:///{tmp}/optuna.db"
     raw = {
         "data": {"dataset": "synthetic", "val_fraction": 0.25},
         # 738 distinct networks: few trials reuse an identical network's result, even over 50 trials
         "space": {"num_stages": [1, 2, 3], "stem_ch": [4, 8, 16], "bottleneck_ch": [4, 8, 16], "channel_mult": 2,
                   "cardinality": [1, 2, 4], "base_width": [8, 16], "depth": {"low": 1, "high": 2}},
         "objectives": ["val_accuracy", "params", "latency_ms"] if latency else ["val_accuracy", "params"],
-        "search": {"n_trials": n_trials, "seed": 0, "sampler": sampler, "storage": f"sqlite:///{tmp}/optuna.db"},
+        "search": {"n_trials": n_trials, "seed": 0, "sampler": sampler, "storage": optuna_url},
         "train": {"epochs": epochs, "batch_size": 32, "device": device},
         "latency": {"enabled": latency, "repeats": 20, "warmup": 5, "threads": 1},
         "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "artifacts": str(Path(tmp) / "artifacts")},

@@ -1,6 +1,7 @@
 """Peak memory over many trials in one process: does anything grow from trial to trial?
 
-A real study (``search.study.run_search``, Optuna + MLflow on local SQLite, latency on) runs
+A real study (``search.study.run_search``, Optuna on a journal file as by default or on SQLite
+with ``--storage sqlite``, MLflow on local SQLite, latency on) runs
 ``trials`` tiny trials in one fresh process; after every trial the process's resident set
 (RSS: ``psutil`` when installed, else ``/proc/self/statm``) and, on CUDA, the allocated and
 peak CUDA memory are read. Trials 1..9 warm up (imports done lazily, allocator pools, caches);
@@ -12,19 +13,19 @@ The per-trial overhead (the trial's cycle minus its ``train_model`` call, as in
 ``benchmarks.overhead``) is printed at the same checkpoints: work that grows with the number of
 trials already in the study (e.g. reading every trial back) shows there.
 
-The full run also repeats the study with the changes proposed in ``benchmarks._proposals``
-(``gc.freeze()`` after each trial's collection; Pareto tags synced incrementally; SQLite in WAL mode) patched in,
-in its own fresh process, to check that freezing long-lived objects does not make memory creep
-and that the per-trial overhead stops growing with the trial count.
+The current code freezes the survivors of every trial's full collection (``gc.freeze()`` in
+``release_memory``) and syncs the Pareto tags incrementally; this checks that neither makes
+memory creep and that the per-trial overhead does not grow with the trial count. The full run
+also repeats the study with the change still proposed in ``benchmarks._proposals`` (the study's
+SQLite stores in WAL mode) applied, in its own fresh process.
 
-    python -m benchmarks.memory            # 52 trials, current code + proposed changes, fresh processes
+    python -m benchmarks.memory            # 52 trials, current code + the proposal, fresh processes
     python -m benchmarks.memory --quick    # CI smoke: 6 trials in this process, current code only
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import tempfile
 import time
@@ -66,7 +67,7 @@ def rss_source() -> str:
         return "/proc/self/statm"
 
 
-def run(trials: int, device: str, epochs: float, threads: int, proposed: bool) -> dict:
+def run(trials: int, device: str, epochs: float, threads: int, proposed: bool, storage: str = "journal") -> dict:
     """Run one study of ``trials`` trials; returns RSS / CUDA memory / cycle per trial."""
     set_threads(threads)
     rss, cuda_alloc, cuda_peak, ends, trained = [], [], [], [], []
@@ -97,16 +98,13 @@ def run(trials: int, device: str, epochs: float, threads: int, proposed: bool) -
 
     rss0 = rss_mb()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp, ExitStack() as stack:
-        cfg = tiny_study(Path(tmp), trials, device=device, epochs=epochs)
+        cfg = tiny_study(Path(tmp), trials, device=device, epochs=epochs, storage=storage)
         stack.enter_context(mock.patch.object(search.study, "train_model", counted))
         if proposed:
             for name in PROPOSED:
-                stack.enter_context(PATCHES[name]())
+                stack.enter_context(PATCHES[name](cfg))
         t0 = time.perf_counter()
-        try:
-            summary = search.study.run_search(cfg, quiet=True, on_trial=on_trial)
-        finally:
-            gc.unfreeze()
+        summary = search.study.run_search(cfg, quiet=True, on_trial=on_trial)
         tags = check_pareto_tags(summary)
     cycles = [ends[0] - t0] + [b - a for a, b in zip(ends, ends[1:], strict=False)]
     overheads = [c - t for c, t in zip(cycles, train_s, strict=True)]
@@ -158,26 +156,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", help="train.device of the study (cpu | cuda | auto)")
     parser.add_argument("--epochs", type=float, default=0.25, help="train.epochs of every trial")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--current-only", action="store_true", help="skip the study with the proposed changes")
+    parser.add_argument("--storage", choices=("journal", "sqlite"), default="journal",
+                        help="Optuna storage kind: journal file (the default config's) or SQLite")
+    parser.add_argument("--current-only", action="store_true", help="skip the study with the proposed change")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     trials = args.trials or (6 if args.quick else 52)
     variants = {"current": False}
     if not (args.quick or args.current_only):
-        variants["proposed (gc.freeze + incremental tags + sqlite WAL)"] = True
+        variants["+ sqlite WAL"] = True
 
     from search.train import resolve_device
 
     print("benchmark: memory over many trials of one study in one process (run_search)")
     print(env_header(resolve_device(args.device)))
-    print(f"study:       {trials} trials, {args.epochs:g} epoch(s) each, synthetic data, latency on, Optuna + MLflow "
-          f"on SQLite in a temp dir; RSS from {rss_source()} after every trial")
+    optuna_store = "a journal file" if args.storage == "journal" else "SQLite"
+    print(f"study:       {trials} trials, {args.epochs:g} epoch(s) each, synthetic data, latency on, Optuna on "
+          f"{optuna_store} + MLflow on SQLite in a temp dir; RSS from {rss_source()} after every trial")
     print("repeats:     one study per variant" + ("" if args.quick else ", each in a fresh process")
           + f"; decision: RSS(last) - RSS(10) < {TARGET_MB:g} MB")
     t0 = time.perf_counter()
     results = {}
     for name, proposed in variants.items():
-        job = (trials, args.device, args.epochs, args.threads, proposed)
+        job = (trials, args.device, args.epochs, args.threads, proposed, args.storage)
         if args.quick:
             r = run(*job)
         else:

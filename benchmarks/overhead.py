@@ -1,46 +1,49 @@
 """Per-trial overhead of the study machinery: a whole trial through ``run_search`` vs its train+eval.
 
-A real study runs (``search.study.run_search``: Optuna on local SQLite, MLflow on local SQLite,
-latency measured, the Pareto tags synced after every trial) with one process and a few tiny
-trials. The cycle of trial k is the time between the ends of trials k-1 and k (the study's
-``on_trial`` callback), so it holds everything the study does per trial: the sampler, the
-Optuna and MLflow writes, building the network, training, validation, latency, the Pareto
-update. Trial 1 is left out (its cycle holds the one-time study setup: opening the stores,
-loading the data). Inside each cycle, ``train_model`` (training + per-epoch validation) is
-timed by wrapping it; the overhead of a trial is its cycle minus that span, reported in ms
-and as a share of a 10-second trial. Latency measurement is a part of the overhead here (it
-is needed work, but not training); the breakdown shows it apart.
+A real study runs (``search.study.run_search``: Optuna on a journal file as by default, or on
+SQLite with ``--storage sqlite``; MLflow on local SQLite; latency measured, the Pareto tags
+synced after every trial) with one process and a few tiny trials. The cycle of trial k is the
+time between the ends of trials k-1 and k (the study's ``on_trial`` callback), so it holds
+everything the study does per trial: the sampler, the Optuna and MLflow writes, building the
+network, training, validation, latency, the Pareto update, the end-of-trial collection. Trial 1
+is left out (its cycle holds the one-time study setup: opening the stores, loading the data).
+Inside each cycle, ``train_model`` (training + per-epoch validation) is timed by wrapping it;
+the overhead of a trial is its cycle minus that span, reported in ms and as a share of a
+10-second trial. Latency measurement is a part of the overhead here (it is needed work, but not
+training); the breakdown shows it apart.
 
-    python -m benchmarks.overhead             # 1 + 6 trials
-    python -m benchmarks.overhead --quick     # CI smoke: 1 + 2 trials, current code and all proposals
-    python -m benchmarks.overhead --profile   # + cProfile of the measured trials (top 25)
+    python -m benchmarks.overhead                   # 1 + 6 trials, 2 rounds, Optuna on a journal file
+    python -m benchmarks.overhead --storage sqlite  # the same with Optuna on SQLite
+    python -m benchmarks.overhead --quick           # CI smoke: 1 + 2 trials, current code and the proposal
+    python -m benchmarks.overhead --profile         # + cProfile of the measured trials (top 25)
 
-Each run also measures the same study with the changes proposed for ``search/study.py`` and
-``search/tracking.py`` patched in (see ``benchmarks._proposals``; those modules belong to other
-owners, so the patches live there only): ``+ gc.freeze`` (freeze the survivors of each trial's
-full collection) and ``+ incremental tags`` (read back only the runs whose Pareto tag can
-change). Same study, same seeds, fresh stores, in the same run; the Pareto tags of every study
-are checked against its final front.
+Each run also measures the same study with the change still proposed for ``search/`` applied
+(``+ sqlite WAL``: the study's SQLite stores in WAL mode with synchronous=NORMAL; see
+``benchmarks._proposals``, which holds it because those modules belong to other owners). Same
+study, same seeds, fresh stores, in the same run; the Pareto tags of every study are checked
+against its final front. Database commits (SQLAlchemy) and journal-file appends, each an fsync,
+are counted per trial.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import io
 import pstats
+import sqlite3
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
 
+from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 import search.study
-from benchmarks._proposals import PATCHES, check_pareto_tags
+from benchmarks._proposals import PATCHES, check_pareto_tags, sqlite_files
 from benchmarks._report import env_header, footer, median, set_threads, target
 from benchmarks._workloads import tiny_study
 from search.config import ExperimentConfig
@@ -58,10 +61,17 @@ class Spans:
         self.ends: list[float] = []  # perf_counter at the end of each trial
         self.spans: dict[str, dict[int, float]] = {}
         self.train_time: dict[int, float] = {}
-        self.commits: dict[int, int] = {}  # database commits (Optuna + MLflow), each an fsync on SQLite
+        self.commits: dict[int, int] = {}  # database commits (MLflow, Optuna on an RDB), each an fsync on SQLite
+        self.appends: dict[int, int] = {}  # Optuna journal-file appends, each an fsync
 
     def commit(self, conn) -> None:
         self.commits[self.trial] = self.commits.get(self.trial, 0) + 1
+
+    def counted_append(self, append):
+        def append_logs(backend, logs):
+            self.appends[self.trial] = self.appends.get(self.trial, 0) + 1
+            return append(backend, logs)
+        return append_logs
 
     def wrap(self, name: str, fn):
         def timed(*args, **kwargs):
@@ -80,9 +90,7 @@ class Spans:
 
 VARIANTS = {
     "current": (),
-    "+ gc.freeze": ("gc.freeze",),
-    "+ gc.freeze + incremental tags": ("gc.freeze", "incremental pareto tags"),
-    "+ gc.freeze + incremental tags + sqlite WAL": ("gc.freeze", "incremental pareto tags", "sqlite wal"),
+    "+ sqlite WAL": ("sqlite wal",),
 }
 
 
@@ -93,8 +101,7 @@ def run_study(cfg: ExperimentConfig, profile: bool = False,
     Args:
         cfg: the experiment.
         profile: cProfile trials 2..N.
-        patches: names of ``benchmarks._proposals.PATCHES`` applied for the duration of the study
-            (``gc.unfreeze()`` runs after it, as the proposed change does at the study's end).
+        patches: names of ``benchmarks._proposals.PATCHES`` applied for the duration of the study.
 
     Returns the spans, the study's trials in order, the profile of trials 2..N and the Pareto tag check.
     """
@@ -117,20 +124,29 @@ def run_study(cfg: ExperimentConfig, profile: bool = False,
                          ("measure_latency", spans.wrap("measure_latency", search.study.measure_latency)),
                          ("build_model", spans.wrap("build_model", search.study.build_model))):
             stack.enter_context(mock.patch.object(search.study, name, fn))
+        stack.enter_context(mock.patch.object(JournalFileBackend, "append_logs",
+                                              spans.counted_append(JournalFileBackend.append_logs)))
         for name in patches:
-            stack.enter_context(PATCHES[name]())
+            stack.enter_context(PATCHES[name](cfg))
         event.listen(Engine, "commit", spans.commit)
         stack.callback(event.remove, Engine, "commit", spans.commit)
-        try:
-            summary = search.study.run_search(cfg, quiet=True, on_trial=on_trial)
-        finally:
-            gc.unfreeze()
+        summary = search.study.run_search(cfg, quiet=True, on_trial=on_trial)
     stats = None
     if profiler is not None:
         profiler.disable()
         stats = pstats.Stats(profiler, stream=io.StringIO())
     trials = sorted(summary.study.get_trials(deepcopy=False), key=lambda t: t.number)
-    return spans, trials, stats, check_pareto_tags(summary)
+    modes = ", ".join(f"{Path(f).name} {journal_mode(f)}" for f in sqlite_files(cfg))
+    return spans, trials, stats, f"{check_pareto_tags(summary)}; SQLite journal_mode: {modes or 'no SQLite store'}"
+
+
+def journal_mode(path: str) -> str:
+    """The journal mode a SQLite database file is in (WAL is a property of the file; else 'delete')."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        conn.close()
 
 
 def analyse(spans: Spans, trials: list) -> dict:
@@ -143,7 +159,7 @@ def analyse(spans: Spans, trials: list) -> dict:
         lat = spans.spans.get("measure_latency", {}).get(k, 0.0)
         build = spans.spans.get("build_model", {}).get(k, 0.0)
         rows.append({"trial": k + 1, "trained": trained, "cycle": cycle, "train_model": train,
-                     "commits": spans.commits.get(k, 0),
+                     "commits": spans.commits.get(k, 0), "appends": spans.appends.get(k, 0),
                      "train_time": spans.train_time.get(k, 0.0), "latency": lat, "build": build,
                      "overhead": cycle - train, "state": trials[k].state.name if k < len(trials) else "?"})
     return {"rows": rows, "trained": [r for r in rows if r["trained"]]}
@@ -153,13 +169,13 @@ def summarise(name: str, res: dict) -> dict | None:
     """Print the per-trial table and the medians of one study; returns the medians."""
     print(f"\n== {name}")
     print(f"{'round':>5} {'trial':>5} {'cycle':>9} {'train_model':>12} {'(train':>8} {'+ eval)':>8} {'latency':>8} "
-          f"{'build':>7} {'overhead':>9} {'commits':>8}")
+          f"{'build':>7} {'overhead':>9} {'commits':>8} {'appends':>8}")
     for r in res["rows"]:
         note = "" if r["trained"] else "  (not trained: reused/skipped, left out)"
         print(f"{r['round']:>5} {r['trial']:>5} {r['cycle'] * 1e3:>7.0f}ms {r['train_model'] * 1e3:>10.0f}ms "
               f"{r['train_time'] * 1e3:>6.0f}ms {(r['train_model'] - r['train_time']) * 1e3:>6.0f}ms "
               f"{r['latency'] * 1e3:>6.0f}ms {r['build'] * 1e3:>5.1f}ms {r['overhead'] * 1e3:>7.0f}ms "
-              f"{r['commits']:>8}{note}")
+              f"{r['commits']:>8} {r['appends']:>8}{note}")
     trained = res["trained"]
     if not trained:
         print("no measured trial trained a network; rerun with more trials")
@@ -175,12 +191,13 @@ def summarise(name: str, res: dict) -> dict | None:
               "the cores or the disk)")
     trained = per_round[best]
     m = {key: median([r[key] for r in trained])
-         for key in ("overhead", "latency", "build", "cycle", "train_model", "commits")}
+         for key in ("overhead", "latency", "build", "cycle", "train_model", "commits", "appends")}
     m["rest"] = median([r["overhead"] - r["latency"] - r["build"] for r in trained])
     m["mean_overhead"] = sum(r["overhead"] for r in trained) / len(trained)
     print(f"per trial (median of {len(trained)}, round {best}): cycle {m['cycle'] * 1e3:.0f} ms = train_model "
           f"{m['train_model'] * 1e3:.0f} ms + overhead {m['overhead'] * 1e3:.0f} ms "
-          f"(mean {m['mean_overhead'] * 1e3:.0f} ms); {m['commits']:.0f} database commits per trial")
+          f"(mean {m['mean_overhead'] * 1e3:.0f} ms); per trial {m['commits']:.0f} database commits + "
+          f"{m['appends']:.0f} journal appends (fsyncs: every append; every commit unless in WAL mode)")
     print(f"overhead:    latency {m['latency'] * 1e3:.0f} ms + build {m['build'] * 1e3:.1f} ms + study bookkeeping "
           f"(sampler, Optuna, MLflow, Pareto tags, gc) {m['rest'] * 1e3:.0f} ms")
     print(f"ratio       {name}: whole trial / train_model time: {m['cycle'] / m['train_model']:.3f}x")
@@ -196,7 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", help="train.device of the study (cpu | cuda | auto)")
     parser.add_argument("--epochs", type=float, default=1.0, help="train.epochs of every trial")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads while training")
-    parser.add_argument("--current-only", action="store_true", help="skip the studies with the proposed changes")
+    parser.add_argument("--storage", choices=("journal", "sqlite"), default="journal",
+                        help="Optuna storage kind: journal file (the default config's) or SQLite")
+    parser.add_argument("--current-only", action="store_true", help="skip the studies with the proposed change")
     parser.add_argument("--rounds", type=int, default=None,
                         help="studies per variant, in alternating order (2; 1 with --quick)")
     parser.add_argument("--profile", action="store_true", help="cProfile trials 2..N, print the top 25")
@@ -205,8 +224,6 @@ def main(argv: list[str] | None = None) -> dict:
     measured = args.trials or (2 if args.quick else 6)
     rounds = args.rounds or (1 if args.quick else 2)
     variants = {k: v for k, v in VARIANTS.items() if k == "current" or not args.current_only}
-    if args.quick and not args.current_only:  # the smoke run: the current code and all proposals together
-        variants = {k: variants[k] for k in (list(VARIANTS)[0], list(VARIANTS)[-1])}
     from search.train import resolve_device
 
     results, t0, header = {}, time.perf_counter(), False
@@ -216,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     for rnd, name in order:
         patches = variants[name]
         with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-            cfg = tiny_study(Path(tmp), measured + 1, device=args.device, epochs=args.epochs)
+            cfg = tiny_study(Path(tmp), measured + 1, device=args.device, epochs=args.epochs, storage=args.storage)
             if not header:
                 header = True
                 print("benchmark: per-trial overhead of run_search vs the train+eval time inside it")
@@ -225,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
                       f"'{cfg.data.dataset}' ({cfg.search.sampler} sampler), {cfg.train.epochs:g} epoch(s) of batch "
                       f"{cfg.train.batch_size}; latency on ({cfg.latency.warmup} + {cfg.latency.repeats} passes, "
                       f"batch {cfg.latency.batch_size})")
-                print("stores:      Optuna sqlite:///TMP/optuna.db, MLflow sqlite:///TMP/mlflow.db + TMP/artifacts "
+                optuna_url = "journal:TMP/optuna.journal" if args.storage == "journal" else "sqlite:///TMP/optuna.db"
+                print(f"stores:      Optuna {optuna_url}, MLflow sqlite:///TMP/mlflow.db + TMP/artifacts "
                       "(a fresh temp dir per study)")
                 print(f"repeats:     trials 2..{measured + 1} ({measured}) of each study, {rounds} round(s) of studies "
                       "(variant order reversed every other round); trial 1 holds the one-time setup and is left out; "
