@@ -15,17 +15,12 @@ from collections.abc import Callable
 
 import torch
 
+import search.latency
+
 
 def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's marketing name, as the latency protocol records it."""
+    return search.latency.device_name(torch.device("cpu"))
 
 
 def device_name(device: str | torch.device | None = None) -> str:
