@@ -50,6 +50,10 @@ class Progress:
         self.current = f"{head} | epoch {record.epoch} val {record.val_accuracy:.3f}"
         self._show()
 
+    def note(self, text: str) -> None:
+        self.current += f" | {text}"
+        self._show()
+
     def trial_finished(self, number: int, status: str) -> None:
         self.current += f" -> {status.lower()}"
 

@@ -307,9 +307,11 @@ class Objective:
             trial.set_user_attr("reused_from", twin.number)
             trial.set_user_attr("seed", twin.user_attrs.get("seed"))
             for key, value in twin.constraints.items():
-                trial.set_constraint(key, value)
-            metrics = {k: v for k, v in twin.user_attrs.get("metrics", {}).items()}
+                if key not in STATIC:  # the static ones are set above, from the same spec
+                    trial.set_constraint(key, value)
+            metrics = dict(twin.user_attrs.get("metrics", {}))
             trial.set_user_attr("metrics", metrics)
+            self.progress.note(f"same network as trial {twin.number}: result reused")
             return tuple(twin.values), metrics, {}, {"reused_from": twin.number}
 
         seed = trial_seed(cfg.search.seed, trial.number)
@@ -584,7 +586,7 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         summary = summarize(study, cfg, tracker, parent_id)
         tracker.sync_pareto_tags(parent_id, {r.number for r in summary.front})
-        progress.pareto(len(summary.front), len(summary.rows))
+        progress.pareto(len({r.attrs.get("spec_hash") for r in summary.front}), len(summary.rows))  # distinct networks
         if on_trial:
             on_trial(summary)
 
