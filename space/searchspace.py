@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from space.blocks import Complexity
 from space.errors import SpecError, check_keys
 from space.model import complexity
-from space.spec import STEM_STRIDE, NetSpec, StageSpec
+from space.spec import STEM_STRIDE, NetSpec, StageSpec, positive_int
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Dim:
                 raise SpecError(f"{where}: a range needs 'low' and 'high', e.g. {{low: 1, high: 4}}")
             low, high, step = value["low"], value["high"], value.get("step", 1)
             for k, v in (("low", low), ("high", high), ("step", step)):
-                _int(v, f"{where}.{k}")
+                positive_int(v, f"{where}.{k}")
             if step <= 0 or high < low:
                 raise SpecError(f"{where}: need low <= high and step > 0, got {value}")
             if (high - low) % step:
@@ -53,24 +53,17 @@ class Dim:
             if not value:
                 raise SpecError(f"{where}: empty list of choices; give at least one value")
             for i, v in enumerate(value):
-                _int(v, f"{where}[{i}]")
+                positive_int(v, f"{where}[{i}]")
             if len(set(value)) != len(value):
                 raise SpecError(f"{where}: repeated choices in {value}; list each value once")
             return cls(tuple(sorted(value)))
-        _int(value, where)
+        positive_int(value, where)
         return cls((value,))
 
     def to_yaml_value(self):
         if self.step is not None:
             return {"low": self.choices[0], "high": self.choices[-1], "step": self.step}
         return self.choices[0] if len(self.choices) == 1 else list(self.choices)
-
-
-def _int(value, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
-    if value <= 0:
-        raise SpecError(f"{where} must be > 0, got {value}")
 
 
 DIMS = ("num_stages", "stem_ch", "bottleneck_ch", "channel_mult", "cardinality", "base_width",
@@ -101,7 +94,7 @@ class SearchSpace:
                             f"{', '.join(STEM_STRIDE)}")
         for name in FIXED:
             if name != "stem":
-                _int(getattr(self, name), f"space.{name}")
+                positive_int(getattr(self, name), f"space.{name}")
         for n in self.num_stages.choices:
             total = STEM_STRIDE[self.stem] * 2 ** (n - 1)
             if self.input_size < total:

@@ -23,11 +23,12 @@ from space.errors import SpecError, check_keys
 STEM_STRIDE = {"cifar": 1, "imagenet": 4}  # 3x3/s1 conv; 7x7/s2 conv + 3x3/s2 maxpool
 
 
-def _positive_int(value, where: str, fix: str) -> None:
+def positive_int(value, where: str, fix: str = "") -> None:
+    """Raise SpecError unless ``value`` is an int (not a bool) > 0; ``fix`` says how to mend it."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
     if value <= 0:
-        raise SpecError(f"{where} must be > 0, got {value}; {fix}")
+        raise SpecError(f"{where} must be > 0, got {value}" + (f"; {fix}" if fix else ""))
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,11 @@ class StageSpec:
         return bottleneck_width(self.bottleneck_ch, self.base_width, self.groups)
 
     def validate(self, where: str) -> None:
-        _positive_int(self.depth, f"{where}.depth", "a stage needs at least one block")
-        _positive_int(self.bottleneck_ch, f"{where}.bottleneck_ch", "use e.g. 64")
-        _positive_int(self.stride, f"{where}.stride", "use 1 (keep size) or 2 (halve it)")
-        _positive_int(self.groups, f"{where}.groups", "use 1 for a plain ResNet block")
-        _positive_int(self.base_width, f"{where}.base_width", "use e.g. 4")
+        positive_int(self.depth, f"{where}.depth", "a stage needs at least one block")
+        positive_int(self.bottleneck_ch, f"{where}.bottleneck_ch", "use e.g. 64")
+        positive_int(self.stride, f"{where}.stride", "use 1 (keep size) or 2 (halve it)")
+        positive_int(self.groups, f"{where}.groups", "use 1 for a plain ResNet block")
+        positive_int(self.base_width, f"{where}.base_width", "use e.g. 4")
         if self.width == 0:
             need = -(-64 // self.bottleneck_ch)
             raise SpecError(
@@ -96,11 +97,11 @@ class NetSpec:
             raise SpecError(
                 f"stem: unknown kind '{self.stem}'; use one of {', '.join(STEM_STRIDE)}"
             )
-        _positive_int(self.stem_ch, "stem_ch", "use e.g. 64")
-        _positive_int(self.expansion, "expansion", "ResNeXt uses 4")
-        _positive_int(self.num_classes, "num_classes", "set it to the dataset's class count")
-        _positive_int(self.in_ch, "in_ch", "use 3 for RGB or 1 for grayscale")
-        _positive_int(self.input_size, "input_size", "use the image size, e.g. 32")
+        positive_int(self.stem_ch, "stem_ch", "use e.g. 64")
+        positive_int(self.expansion, "expansion", "ResNeXt uses 4")
+        positive_int(self.num_classes, "num_classes", "set it to the dataset's class count")
+        positive_int(self.in_ch, "in_ch", "use 3 for RGB or 1 for grayscale")
+        positive_int(self.input_size, "input_size", "use the image size, e.g. 32")
         for i, stage in enumerate(self.stages):
             if not isinstance(stage, StageSpec):
                 raise SpecError(f"stages[{i}] must be a StageSpec, got {type(stage).__name__}")
