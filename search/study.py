@@ -846,9 +846,9 @@ def log_study_artifacts(summary: Summary, cfg: ExperimentConfig) -> None:
     hv = hypervolume_history(summary.rows, cfg)
     tracker.log(parent, series={"hypervolume": hv},
                 metrics={"trials_completed": len(summary.rows), "pareto_size": len(table)})
-    import matplotlib.pyplot as plt
+    from search.plots import close, pareto_figures
 
-    from search.plots import pareto_figures
-    for name, fig in pareto_figures(summary.rows, summary.front, cfg.objectives).items():
+    figures = pareto_figures(summary.rows, summary.front, cfg.objectives)
+    for name, fig in figures.items():
         tracker.log_figure(parent, fig, name)
-        plt.close(fig)  # pyplot keeps every figure alive until closed
+    close(figures)  # pyplot keeps every figure alive until closed

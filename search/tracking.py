@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
@@ -144,11 +143,6 @@ class Tracker:
     def log_text(self, run_id: str | None, text: str, name: str) -> None:
         if run_id is not None:
             self._safe(f"writing artifact {name}", self.client.log_text, run_id, text, name)
-
-    def log_files(self, run_id: str | None, files: Iterable[Path]) -> None:
-        if run_id is not None:
-            for f in files:
-                self._safe(f"writing artifact {f.name}", self.client.log_artifact, run_id, str(f))
 
     def log_figure(self, run_id: str | None, figure, name: str) -> None:
         if run_id is not None:
