@@ -246,6 +246,12 @@ def redact_tree(value):
     return redact_text(value) if isinstance(value, str) else value
 
 
+def error_line(e: BaseException) -> str:
+    """An exception's first line (or its type when it has no message), passwords hidden."""
+    text = str(e)
+    return redact_text(text.splitlines()[0] if text.strip() else type(e).__name__)
+
+
 def redact(url: str) -> str:
     """Hide the password of a URL (``postgresql://user:***@host/db``) for logs and tags."""
     return redact_text(url)

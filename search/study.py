@@ -37,7 +37,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from search import worker
-from search.config import ExperimentConfig, redact, redact_text, redact_tree
+from search.config import ExperimentConfig, error_line, redact, redact_text, redact_tree
 from search.data import Splits, load_splits
 from search.latency import measure_latency
 from search.pareto import hypervolume, non_dominated, to_losses
@@ -126,7 +126,7 @@ def open_storage(url: str, heartbeat_s: int = 30, on_stale: Callable | None = No
                              grace_period=LOST_AFTER * heartbeat_s, heartbeat_stale_trial_callback=on_stale)
     except Exception as e:
         raise SpecError(f"cannot open the study storage {redact(url)}: "
-                        f"{redact(str(e).splitlines()[0])}; check the URL, the server and its "
+                        f"{error_line(e)}; check the URL, the server and its "
                         "driver (postgresql needs psycopg2: pip install 'resnext-nas[postgres]')") from None
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from search.config import TrackingConfig, redact
+from search.config import TrackingConfig, error_line, redact
 from space.errors import SpecError
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Tracker:
             return fn(*args, **kwargs)
         except Exception as e:  # the store is down or refused: report, keep the study going
             self.failures += 1
-            msg = redact(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            msg = error_line(e)
             print(f"[tracking] {what} failed ({msg}); the study continues and Optuna keeps the record",
                   file=sys.stderr)
             return None
@@ -83,7 +83,7 @@ class Tracker:
             else:
                 self.experiment_id = exp.experiment_id
         except Exception as e:
-            reason = redact(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            reason = error_line(e)
             raise SpecError(
                 f"cannot reach the MLflow tracking store {redact(self.uri)}: {reason}; start the server "
                 "or fix tracking.uri (--tracking-uri), or set tracking.enabled=false"
