@@ -22,6 +22,24 @@ from space.errors import SpecError, check_keys
 
 STEM_STRIDE = {"cifar": 1, "imagenet": 4}  # 3x3/s1 conv; 7x7/s2 conv + 3x3/s2 maxpool
 
+# Names: layer count -> (depths, stem kind) of the known networks of that depth (torchvision's
+# ResNe(X)t-50/101/152, the paper's CIFAR ResNeXt-29), and each stem's usual input
+# (in_ch, input_size, num_classes). A name spells out only what differs from these.
+NAME_PATTERNS = {
+    29: ((3, 3, 3), "cifar"),
+    50: ((3, 4, 6, 3), "imagenet"),
+    101: ((3, 4, 23, 3), "imagenet"),
+    152: ((3, 8, 36, 3), "imagenet"),
+}
+STEM_INPUT = {"cifar": (3, 32, 10), "imagenet": (3, 224, 1000)}
+
+
+def _base_width_range(stage: StageSpec) -> tuple[int, int]:
+    """(lowest, highest) base_width giving ``stage`` its width: the ``d`` of its name."""
+    per_group = stage.width // stage.groups
+    return (-(-64 * per_group // stage.bottleneck_ch),
+            -(-64 * (per_group + 1) // stage.bottleneck_ch) - 1)
+
 
 def positive_int(value, where: str, fix: str = "") -> None:
     """Raise SpecError unless ``value`` is an int (not a bool) > 0; ``fix`` says how to mend it."""
@@ -132,24 +150,62 @@ class NetSpec:
 
     @property
     def name(self) -> str:
-        """Short name in torchvision's style, e.g. ``resnext50_32x4d``.
+        """Short, unique name in torchvision's style, e.g. ``resnext50_32x4d``.
 
-        Non-standard parts are appended: ``_b`` per-stage bottleneck channels when they are
-        not 64, 128, 256, ...; ``_s`` stem channels when not 64. Two specs with one name can
-        still differ (depth split, stem kind): ``hash`` tells networks apart.
+        ``resnext{layers}_{C}x{d}d``, then a token for each part that differs from its
+        default, in this order (lists are per stage, joined by ``-``):
+
+        - ``_d2-1`` depths, unless they are a known pattern's for the layer count
+          (29: 3-3-3; 50: 3-4-6-3; 101: 3-4-23-3; 152: 3-8-36-3);
+        - ``_b16-32`` bottleneck channels, unless 64, 128, 256, ...;
+        - ``_stride1-1-2`` strides, unless 1, 2, 2, ...;
+        - ``_s16`` stem channels, unless 64;
+        - ``_imagenetstem`` / ``_cifarstem`` stem kind, unless the pattern's (imagenet for
+          50, 101 and 152 layers, cifar otherwise);
+        - ``_e2`` expansion, unless 4;
+        - ``_in1x28x28`` input channels x size x size, unless the stem's usual input
+          (3x32x32 for cifar, 3x224x224 for imagenet);
+        - ``_cls100`` classes, unless the stem's usual count (10 for cifar, 1000 for imagenet).
+
+        ``C x d`` is cardinality x base width: one pair when one C and one d fit every stage,
+        else one per stage (``4x8d-8x4d``). ``d`` is the smallest base_width that gives the
+        stage(s) their width, so specs whose base_widths floor to the same widths (and hash
+        equal) share a name; for the presets it is their base_width.
+
+        So the name follows from exactly what ``hash`` reads, and two specs share a name
+        if and only if they share a hash: e.g. depths 2-1 and 1-2 are
+        ``resnext11_1x8d_d2-1_b16-32_s8`` and ``resnext11_1x8d_d1-2_b16-32_s8``.
         """
-        card = {(s.groups, s.base_width) for s in self.stages}
-        if len(card) == 1:
-            (g, bw), = card
-            name = f"resnext{self.num_layers}_{g}x{bw}d"
+        pattern_depths, pattern_stem = NAME_PATTERNS.get(self.num_layers, ((), "cifar"))
+        stem_in_ch, stem_size, stem_classes = STEM_INPUT[self.stem]
+
+        def join(values) -> str:
+            return "-".join(str(v) for v in values)
+
+        stages = self.stages
+        ranges = [_base_width_range(s) for s in stages]
+        low, high = max(r[0] for r in ranges), min(r[1] for r in ranges)
+        if len({s.groups for s in stages}) == 1 and low <= high:
+            card = f"{stages[0].groups}x{low}d"
         else:
-            name = f"resnext{self.num_layers}_" + "-".join(
-                f"{s.groups}x{s.base_width}d" for s in self.stages
-            )
-        if [s.bottleneck_ch for s in self.stages] != [64 << i for i in range(len(self.stages))]:
-            name += "_b" + "-".join(str(s.bottleneck_ch) for s in self.stages)
+            card = join(f"{s.groups}x{r[0]}d" for s, r in zip(stages, ranges, strict=True))
+        name = f"resnext{self.num_layers}_{card}"
+        if tuple(s.depth for s in stages) != pattern_depths:
+            name += "_d" + join(s.depth for s in stages)
+        if [s.bottleneck_ch for s in stages] != [64 << i for i in range(len(stages))]:
+            name += "_b" + join(s.bottleneck_ch for s in stages)
+        if [s.stride for s in stages] != [1 if i == 0 else 2 for i in range(len(stages))]:
+            name += "_stride" + join(s.stride for s in stages)
         if self.stem_ch != 64:
             name += f"_s{self.stem_ch}"
+        if self.stem != pattern_stem:
+            name += f"_{self.stem}stem"
+        if self.expansion != 4:
+            name += f"_e{self.expansion}"
+        if (self.in_ch, self.input_size) != (stem_in_ch, stem_size):
+            name += f"_in{self.in_ch}x{self.input_size}x{self.input_size}"
+        if self.num_classes != stem_classes:
+            name += f"_cls{self.num_classes}"
         return name
 
     @property

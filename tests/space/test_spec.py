@@ -282,19 +282,222 @@ def test_base_widths_flooring_to_one_width_hash_equal(bch, bws):
 
 # -- name -----------------------------------------------------------------------------------
 
+# Literal, not PRESETS' keys: a preset renamed in both places would pass test_preset_name.
+PRESET_NAMES = ["resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnext29_8x64d",
+                "resnext29_16x64d"]
+
+
+def test_preset_names_unchanged():
+    assert list(PRESETS) == PRESET_NAMES
+    assert [preset(name).name for name in PRESET_NAMES] == PRESET_NAMES
+
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_preset_name(name):
     assert preset(name).name == name
 
 
-def test_name_of_non_standard_specs():
-    std = NetSpec(tuple(StageSpec(1, 64 << i, 2 if i else 1, 4, 8) for i in range(3)))
-    assert std.name == "resnext11_4x8d"
-    bch = dataclasses.replace(std, stages=(StageSpec(1, 16), StageSpec(1, 32, 2)), stem_ch=16)
-    assert bch.name == "resnext8_1x64d_b16-32_s16"
-    mixed = NetSpec((StageSpec(2, 64, 1, 4, 8), StageSpec(1, 128, 2, 8, 4)))
-    assert mixed.name == "resnext11_4x8d-8x4d"
+def test_depth_split_changes_name():
+    # regression: depths 2-1 and 1-2 were both resnext11_1x8d_b16-32_s8
+    a = NetSpec((StageSpec(2, 16, 1, 1, 8), StageSpec(1, 32, 2, 1, 8)), stem_ch=8)
+    b = NetSpec((StageSpec(1, 16, 1, 1, 8), StageSpec(2, 32, 2, 1, 8)), stem_ch=8)
+    assert a.hash != b.hash
+    assert a.name != b.name
+    assert (a.name, b.name) == ("resnext11_1x8d_d2-1_b16-32_s8", "resnext11_1x8d_d1-2_b16-32_s8")
+
+
+def _std(depths=(1, 1, 1), groups=4, base_width=8, **kw) -> NetSpec:
+    """64, 128, ... bottleneck channels, strides 1, 2, 2, ..., one C x d: only ``kw`` differs."""
+    stages = tuple(StageSpec(d, 64 << i, 2 if i else 1, groups, base_width) for i, d in enumerate(depths))
+    return NetSpec(stages, **kw)
+
+
+R50 = (3, 4, 6, 3)
+IMAGENET = {"stem": "imagenet", "num_classes": 1000, "input_size": 224}
+
+
+@pytest.mark.parametrize("spec,name", [
+    (_std(), "resnext11_4x8d_d1-1-1"),
+    (_std((3, 3, 3)), "resnext29_4x8d"),                            # the CIFAR pattern
+    (_std((3, 3, 3), stem="imagenet"), "resnext29_4x8d_imagenetstem_in3x32x32_cls10"),
+    (_std((9,)), "resnext29_4x8d_d9"),                              # 29 layers, other depths
+    (_std(R50, 32, 4, **IMAGENET), "resnext50_32x4d"),
+    (_std((3, 6, 4, 3), 32, 4, **IMAGENET), "resnext50_32x4d_d3-6-4-3"),
+    (_std(R50, 32, 4), "resnext50_32x4d_cifarstem"),               # cifar stem, CIFAR input
+    (_std(R50, 32, 4, stem="cifar", num_classes=1000, input_size=224), "resnext50_32x4d_cifarstem_in3x224x224_cls1000"),
+    (_std(R50, 32, 4, stem="imagenet", num_classes=1000, input_size=224, stem_ch=32, expansion=2),
+     "resnext50_32x4d_s32_e2"),
+    (_std((3, 8, 36, 3), 32, 4, **IMAGENET), "resnext152_32x4d"),
+    (_std(in_ch=1, input_size=28), "resnext11_4x8d_d1-1-1_in1x28x28"),
+    (_std(num_classes=100), "resnext11_4x8d_d1-1-1_cls100"),
+    (_std((1, 2), stem="imagenet", input_size=64, num_classes=10),
+     "resnext11_4x8d_d1-2_imagenetstem_in3x64x64_cls10"),
+    (NetSpec((StageSpec(1, 16), StageSpec(1, 32, 2)), stem_ch=16), "resnext8_1x64d_d1-1_b16-32_s16"),
+    (NetSpec((StageSpec(2, 64, 1, 4, 8), StageSpec(1, 128, 2, 8, 4))), "resnext11_4x8d-8x4d_d2-1"),
+    (NetSpec((StageSpec(1, 64, 1, 4, 8), StageSpec(1, 128, 1, 4, 8))), "resnext8_4x8d_d1-1_stride1-1"),
+    (NetSpec((StageSpec(1, 64, 2, 4, 8),), input_size=32), "resnext5_4x8d_d1_stride2"),
+    # base_width 5 floors to the width of 4 at bottleneck_ch 16 and 32: named by 4
+    (NetSpec((StageSpec(1, 16, 1, 2, 5), StageSpec(1, 32, 2, 2, 5)), stem_ch=16), "resnext8_2x4d_d1-1_b16-32_s16"),
+    # no one base_width gives both widths (4..7 give 1 at 16, 8..10 give 3 at 24): one per stage,
+    # each its smallest
+    (NetSpec((StageSpec(1, 16, 1, 2, 4), StageSpec(1, 24, 2, 2, 10)), stem_ch=16),
+     "resnext8_2x4d-2x8d_d1-1_b16-24_s16"),
+])
+def test_name_examples(spec, name):
+    assert spec.name == name
+
+
+@pytest.mark.parametrize(
+    "field,stage",
+    [(f, None) for f in ["stem", *NET_INT_FIELDS]] + [(f, i) for f in STAGE_INT_FIELDS for i in (0, 1)],
+)
+def test_changing_any_field_changes_name(field, stage):
+    spec = NetSpec.from_dict(base_dict())
+    assert _changed(spec, field, stage).name != spec.name
+
+
+@pytest.mark.parametrize("bch,bws", [(16, [4, 5, 6, 7]), (24, [3, 4, 5]), (10, [7, 9, 12])])
+def test_base_widths_flooring_to_one_width_share_a_name(bch, bws):
+    specs = [NetSpec((StageSpec(2, bch, 1, 4, bw),)) for bw in bws]
+    assert len({s.name for s in specs}) == 1
+    assert f"_4x{bws[0]}d_" in specs[0].name  # the smallest base_width
+
+
+# A decoder of the naming rule, written from the docstring: that it recovers every field the
+# hash reads, for every spec below, proves the name is unique wherever the rule is applied.
+_NAME = re.compile(
+    r"resnext(?P<layers>\d+)_(?P<card>\d+x\d+d(?:-\d+x\d+d)*)(?:_d(?P<d>[\d-]+))?(?:_b(?P<b>[\d-]+))?"
+    r"(?:_stride(?P<stride>[\d-]+))?(?:_s(?P<s>\d+))?(?:_(?P<stem>cifar|imagenet)stem)?(?:_e(?P<e>\d+))?"
+    r"(?:_in(?P<in_ch>\d+)x(?P<px>\d+)x(?P=px))?(?:_cls(?P<cls>\d+))?"
+)
+_PATTERNS = {29: ((3, 3, 3), "cifar"), 50: ((3, 4, 6, 3), "imagenet"),
+             101: ((3, 4, 23, 3), "imagenet"), 152: ((3, 8, 36, 3), "imagenet")}
+_STEM_INPUT = {"cifar": (3, 32, 10), "imagenet": (3, 224, 1000)}
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split("-")]
+
+
+def decode_name(name: str) -> dict:
+    """The fields ``hash`` reads (base_width as width), from a name alone."""
+    m = _NAME.fullmatch(name)
+    assert m, f"{name!r} does not follow the naming rule"
+    layers = int(m["layers"])
+    depths, stem = _PATTERNS.get(layers, ((), "cifar"))
+    depths = _ints(m["d"]) if m["d"] else list(depths)
+    assert depths and 3 * sum(depths) + 2 == layers, name
+    n = len(depths)
+    bchs = _ints(m["b"]) if m["b"] else [64 << i for i in range(n)]
+    strides = _ints(m["stride"]) if m["stride"] else [1 if i == 0 else 2 for i in range(n)]
+    cards = [tuple(int(v) for v in c[:-1].split("x")) for c in m["card"].split("-")]
+    cards = cards * n if len(cards) == 1 else cards
+    assert len(bchs) == len(strides) == len(cards) == n, name
+    stem = m["stem"] or stem
+    in_ch, size, classes = _STEM_INPUT[stem]
+    return {
+        "stages": [{"depth": d, "bottleneck_ch": b, "stride": st, "groups": g, "width": int(b * bw / 64) * g}
+                   for d, b, st, (g, bw) in zip(depths, bchs, strides, cards, strict=True)],
+        "stem": stem, "stem_ch": int(m["s"] or 64), "expansion": int(m["e"] or 4),
+        "num_classes": int(m["cls"] or classes), "in_ch": int(m["in_ch"] or in_ch),
+        "input_size": int(m["px"] or size),
+    }
+
+
+def hashed_fields(spec: NetSpec) -> dict:
+    """What ``NetSpec.hash`` digests."""
+    d = spec.to_dict()
+    for s in d["stages"]:
+        s["width"] = StageSpec(**s).width
+        del s["base_width"]
+    return d
+
+
+NAME_SPACES = [
+    SearchSpace(),
+    SearchSpace.from_dict({"num_stages": [1, 2, 3], "stem_ch": [8, 64], "bottleneck_ch": [8, 16, 64],
+                           "channel_mult": [1, 2], "cardinality": [1, 2], "base_width": [4, 5, 8, 64],
+                           "depth": [1, 2]}),
+    SearchSpace.from_dict({"num_stages": [2, 3], "stem_ch": 16, "bottleneck_ch": [24, 64], "cardinality": [1, 3],
+                           "base_width": [2, 3, 20], "depth": [1, 3], "stem": "imagenet",
+                           "input_size": 35, "in_ch": 1, "expansion": 2}),
+    SearchSpace.from_dict({"num_stages": [1, 2], "stem_ch": 16, "bottleneck_ch": 16, "depth": [1, 2, 3]},
+                          num_classes=100, input_size=28),
+]
+
+
+def _random_spec(rng: random.Random) -> NetSpec:
+    """Any valid spec over small ranges, so that specs collide in every field but one."""
+    n = rng.randint(1, 4)
+    stages = []
+    for i in range(n):
+        bch = rng.choice([8, 16, 24, 64 << i])
+        groups = rng.choice([1, 2, 3]) if rng.random() < 0.3 else 2
+        low = -(-64 // bch)
+        stages.append(StageSpec(rng.choice([1, 2, 3]), bch, rng.choice([1, 2, 2, 3]) if i else rng.choice([1, 1, 2]),
+                                groups, rng.choice([low, low + 1, low + 3, 8, 64])))
+    stem = rng.choice(["cifar", "imagenet"])
+    spec = NetSpec(tuple(stages), stem, rng.choice([16, 64]), rng.choice([2, 4]), rng.choice([10, 100, 1000]),
+                   rng.choice([1, 3]), 512)
+    size = rng.choice([32, 224, spec.total_stride])
+    return dataclasses.replace(spec, input_size=max(size, spec.total_stride))
+
+
+def _preset_neighbours() -> list[NetSpec]:
+    """Each preset, with each field changed: names near the patterns' defaults."""
+    out = []
+    for name in PRESETS:
+        spec = preset(name)
+        out.append(spec)
+        out += [dataclasses.replace(spec, stem=k) for k in ("cifar", "imagenet")]
+        out += [dataclasses.replace(spec, **{f: 2 * getattr(spec, f)}) for f in NET_INT_FIELDS]
+        out += [dataclasses.replace(spec, num_classes=c, input_size=s) for c in (10, 1000) for s in (32, 224)]
+        for f in STAGE_INT_FIELDS:  # stride + 1, not x 2: 4 x 4 x 4 x 4 x 2 is more than 224 px
+            stages = tuple(dataclasses.replace(s, **{f: getattr(s, f) + 1 if f == "stride" else 2 * getattr(s, f)})
+                           for s in spec.stages)
+            out.append(dataclasses.replace(spec, stages=stages))
+        out += [dataclasses.replace(spec, stages=spec.stages[::-1]),
+                dataclasses.replace(spec, stages=spec.stages[:-1])]
+    return out
+
+
+def _widest_base_widths(spec: NetSpec) -> NetSpec:
+    """The same network (same hash) with each stage's largest base_width giving its width."""
+    stages = []
+    for s in spec.stages:
+        while dataclasses.replace(s, base_width=s.base_width + 1).width == s.width:
+            s = dataclasses.replace(s, base_width=s.base_width + 1)
+        stages.append(s)
+    return dataclasses.replace(spec, stages=tuple(stages))
+
+
+@pytest.fixture(scope="module")
+def name_pool() -> list[NetSpec]:
+    rng = random.Random(0)
+    specs = [spec for space in NAME_SPACES for spec in space.enumerate()]
+    specs += [_random_spec(rng) for _ in range(3000)] + _preset_neighbours()
+    return specs + [_widest_base_widths(spec) for spec in specs[::3]]
+
+
+def test_name_pool_has_collisions(name_pool):
+    # the pool really holds different networks, and equal networks from different specs
+    hashes = {s.hash for s in name_pool}
+    assert len(hashes) > 4000
+    assert len(set(name_pool)) - len(hashes) > 500
+
+
+def test_names_equal_iff_hashes_equal(name_pool):
+    by_hash, by_name = {}, {}
+    for spec in name_pool:
+        by_hash.setdefault(spec.hash, set()).add(spec.name)
+        by_name.setdefault(spec.name, set()).add(spec.hash)
+    assert {h: ns for h, ns in by_hash.items() if len(ns) > 1} == {}
+    assert {n: hs for n, hs in by_name.items() if len(hs) > 1} == {}
+
+
+def test_name_decodes_to_the_hashed_fields(name_pool):
+    for spec in name_pool:
+        assert decode_name(spec.name) == hashed_fields(spec), spec
 
 
 # -- load_spec ------------------------------------------------------------------------------
