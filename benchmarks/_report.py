@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 import torch
 
-import search.latency
+import search.devices
 
 
 def cpu_model() -> str:
     """The CPU's marketing name, as the latency protocol records it."""
-    return search.latency.device_name(torch.device("cpu"))
+    return search.devices.device_name(torch.device("cpu"))
 
 
 def device_name(device: str | torch.device | None = None) -> str:

@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 from benchmarks._report import env_header, footer, median, report, set_threads, sync_for, target, timeit_interleaved
 from benchmarks._workloads import net, random_splits
 from search.data import augment, batches
-from search.train import resolve_device
+from search.devices import resolve_device
 from space import build_model
 
 

@@ -36,7 +36,8 @@ from benchmarks import overhead
 from benchmarks._report import env_header, footer, set_threads
 from benchmarks._workloads import net, random_splits
 from search.data import Splits, steps_per_epoch
-from search.train import TrainConfig, resolve_device, train_model
+from search.devices import resolve_device
+from search.train import TrainConfig, train_model
 from space import NetSpec, build_model, complexity
 
 CARDINALITIES = (1, 8, 32)

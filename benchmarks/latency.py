@@ -21,8 +21,8 @@ from torch.utils import benchmark as tbench
 
 from benchmarks._report import cv, env_header, fmt_seconds, footer, median, set_threads, target
 from benchmarks._workloads import net
+from search.devices import resolve_device
 from search.latency import LatencyConfig, measure_latency
-from search.train import resolve_device
 from space import NetSpec, build_model, complexity
 
 TARGET_CV = 0.05  # CV of the per-call medians

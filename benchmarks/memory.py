@@ -37,6 +37,7 @@ from unittest import mock
 
 import torch
 
+import search.objective
 import search.study
 from benchmarks._proposals import PATCHES, check_pareto_tags
 from benchmarks._report import env_header, footer, set_threads, target
@@ -86,7 +87,7 @@ def run(trials: int, device: str, epochs: float, threads: int, proposed: bool, s
             cuda_peak.append(torch.cuda.max_memory_allocated() / 2**20)
             torch.cuda.reset_peak_memory_stats()
 
-    real_train = search.study.train_model
+    real_train = search.objective.train_model
 
     def counted(*args, **kwargs):
         trial_calls["train"] += 1
@@ -99,7 +100,7 @@ def run(trials: int, device: str, epochs: float, threads: int, proposed: bool, s
     rss0 = rss_mb()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp, ExitStack() as stack:
         cfg = tiny_study(Path(tmp), trials, device=device, epochs=epochs, storage=storage)
-        stack.enter_context(mock.patch.object(search.study, "train_model", counted))
+        stack.enter_context(mock.patch.object(search.objective, "train_model", counted))
         if proposed:
             for name in PROPOSED:
                 stack.enter_context(PATCHES[name](cfg))
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not (args.quick or args.current_only):
         variants["+ sqlite WAL"] = True
 
-    from search.train import resolve_device
+    from search.devices import resolve_device
 
     print("benchmark: memory over many trials of one study in one process (run_search)")
     print(env_header(resolve_device(args.device)))

@@ -42,6 +42,7 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+import search.objective
 import search.study
 from benchmarks._proposals import PATCHES, check_pareto_tags, sqlite_files
 from benchmarks._report import env_header, footer, median, set_threads, target
@@ -118,12 +119,12 @@ def run_study(cfg: ExperimentConfig, profile: bool = False,
         if profiler is not None and spans.trial == 1:
             profiler.enable()  # trials 2..N only
 
-    train_wrapped = spans.wrap("train_model", search.study.train_model)
+    train_wrapped = spans.wrap("train_model", search.objective.train_model)
     with ExitStack() as stack:
         for name, fn in (("train_model", train),
-                         ("measure_latency", spans.wrap("measure_latency", search.study.measure_latency)),
-                         ("build_model", spans.wrap("build_model", search.study.build_model))):
-            stack.enter_context(mock.patch.object(search.study, name, fn))
+                         ("measure_latency", spans.wrap("measure_latency", search.objective.measure_latency)),
+                         ("build_model", spans.wrap("build_model", search.objective.build_model))):
+            stack.enter_context(mock.patch.object(search.objective, name, fn))
         stack.enter_context(mock.patch.object(JournalFileBackend, "append_logs",
                                               spans.counted_append(JournalFileBackend.append_logs)))
         for name in patches:
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
     measured = args.trials or (2 if args.quick else 6)
     rounds = args.rounds or (1 if args.quick else 2)
     variants = {k: v for k, v in VARIANTS.items() if k == "current" or not args.current_only}
-    from search.train import resolve_device
+    from search.devices import resolve_device
 
     results, t0, header = {}, time.perf_counter(), False
     rows: dict[str, list[dict]] = {name: [] for name in variants}

@@ -39,7 +39,8 @@ from benchmarks._report import (
 )
 from benchmarks._workloads import net, random_splits
 from search.data import Splits, augment, steps_per_epoch
-from search.train import TrainConfig, resolve_device, train_model
+from search.devices import resolve_device
+from search.train import TrainConfig, train_model
 from space import build_model, complexity
 
 TARGET = 0.97  # trainer images/s >= 0.97x the hand loop's
@@ -133,8 +134,8 @@ def _allocator_child(tuned: bool, args: tuple) -> dict:
     """In a fresh process: time ``calls`` train_model calls with or without ``tune_cpu_malloc``."""
     threads, spec, n_train, n_val, size, cfg, calls = args
     set_threads(threads)
-    if not tuned:
-        search.train._malloc_tuned = False  # as if the tuning had been tried and was unavailable
+    if tuned:  # the entry points (resnext-nas, its workers) tune the allocator; a library call does not
+        search.devices.tune_cpu_malloc()
     splits = random_splits(n_train, n_val, size, "cpu")
     template = build_model(spec, cfg.zero_init_residual)
     device = torch.device("cpu")
@@ -145,7 +146,7 @@ def _allocator_child(tuned: bool, args: tuple) -> dict:
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {"times": times, "faults": (r1.ru_minflt - r0.ru_minflt) / calls,
             "sys": (r1.ru_stime - r0.ru_stime) / calls, "user": (r1.ru_utime - r0.ru_utime) / calls,
-            "tuned": search.train.tune_cpu_malloc()}
+            "tuned": bool(search.devices._malloc_tuned)}
 
 
 def compare_allocator(spec, n_train: int, n_val: int, size: int, cfg: TrainConfig, threads: int,
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = compare(splits, cfg, spec, device, repeats)
     print(target(f"train_model / hand loop >= {TARGET}x", result["ratio"] >= TARGET, f"{result['ratio']:.3f}x"))
     if device.type == "cpu" and not args.quick and not args.no_allocator:
-        print("\n== CPU allocator: search.train.tune_cpu_malloc before/after (same work, fresh processes, "
+        print("\n== CPU allocator: search.devices.tune_cpu_malloc before/after (same work, fresh processes, "
               "alternating off/on, 2 rounds x 2 timed calls after 1 warm-up each)")
         result["allocator"] = compare_allocator(spec, n_train, n_val, size, cfg, args.threads, rounds=2, calls=2)
     print(f"elapsed:     {time.perf_counter() - t0:.1f} s")

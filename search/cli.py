@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from search.errors import guarded, redact, redact_text
 from space import SearchSpace, build_model, complexity, layer_complexity, load_spec, preset
 from space.errors import SpecError
 
@@ -88,20 +89,28 @@ def _experiment(args):
     return load_experiment(args.experiment, overrides)
 
 
+def _tune(threads: int | None) -> None:
+    """The process-wide settings of a command that trains (see ``search.devices.tune_process``)."""
+    from search.devices import cpu_cores, tune_process
+
+    tune_process(threads or cpu_cores())
+
+
 def cmd_search(args) -> int:
-    from search.config import redact, redact_text
     from search.export import export_best
-    from search.study import StudyAborted, front_table, run_search
+    from search.results import front_table
+    from search.study import StudyAborted, end_note, run_search
 
     cfg = _experiment(args)
+    _tune(cfg.train.threads)
     try:
         summary = run_search(cfg, storage_url=args.storage, quiet=args.quiet, workers=args.workers)
     except StudyAborted as e:
         print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 1
     table = front_table(summary.front, cfg.objectives)
-    print(f"\nPareto front of study '{cfg.study_name}' ({len(summary.rows)} completed trials, "
-          f"{len(table)} on the front):")
+    print(f"\n{end_note(summary, cfg)}")
+    print(f"Pareto front: {len(table)} networks")
     print_table(table)
     if table:
         out = Path(args.export_dir) / f"{cfg.study_name}_{args.pick}.yaml"
@@ -113,8 +122,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from search.config import redact_text
-    from search.study import StudyAborted, join_study
+    from search.study import StudyAborted, end_note, join_study
 
     cfg = _experiment(args)
     try:
@@ -122,19 +130,19 @@ def cmd_worker(args) -> int:
     except StudyAborted as e:
         print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 1
-    print(f"study '{cfg.study_name}': {len(summary.rows)} completed trials, {len(summary.front)} on the "
-          "feasible Pareto front; `resnext-nas pareto` shows it")
+    print(f"{end_note(summary, cfg)}; {len(summary.front)} networks on the feasible Pareto front "
+          "(`resnext-nas pareto` shows them)")
     return 0
 
 
 def cmd_pareto(args) -> int:
-    from search.study import finished_rows, front_table, open_study, pareto_rows
+    from search.results import describe_counts, finished_rows, front_table, outcome_counts, pareto_rows
+    from search.storage import load_study
 
     cfg = _experiment(args)
-    study = open_study(cfg, args.storage, create=False)
-    rows = finished_rows(study, cfg.objectives)
-    table = front_table(pareto_rows(rows, cfg.directions), cfg.objectives)
-    print(f"study '{cfg.study_name}': {len(rows)} completed trials, {len(table)} distinct networks on the "
+    study = load_study(cfg, args.storage)
+    table = front_table(pareto_rows(finished_rows(study, cfg.objectives), cfg.directions), cfg.objectives)
+    print(f"study '{cfg.study_name}': {describe_counts(outcome_counts(study))}; {len(table)} networks on the "
           "feasible Pareto front")
     print_table(table)
     return 0
@@ -151,13 +159,17 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from search.export import evaluate_exported
+    from search.export import evaluate_exported, exported_provenance
 
     cfg = _experiment(args)
+    recorded = exported_provenance(args.exported).get("threads")
+    _tune(recorded)  # the trial's thread count: CPU results depend on it
     report = evaluate_exported(cfg, args.exported, epochs=args.epochs, weights_out=args.weights)
-    print(f"{report['name']}: trained {report['epochs']:g} epochs (seed {report['seed']}): "
-          f"val accuracy {report['val_accuracy']:.4f}, test accuracy {report['test_accuracy']:.4f} "
-          f"on {report['test_images']} test images")
+    search_acc = report["search_val_accuracy"]
+    print(f"{report['name']}: trained {report['epochs']:g} epochs (seed {report['seed']}, {report['threads']} "
+          f"threads): val accuracy {report['val_accuracy']:.4f} (in the search: "
+          + (f"{search_acc:.4f}" if search_acc is not None else "not recorded")
+          + f"), test accuracy {report['test_accuracy']:.4f} on {report['test_images']} test images")
     if args.weights:
         print(f"weights saved to {args.weights} (safetensors)")
     return 0
@@ -250,26 +262,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def guarded(fn, *args) -> int:
-    """Run ``fn(*args)``; an unexpected error prints its traceback with URL passwords hidden."""
-    try:
-        return fn(*args)
-    except Exception:
-        import traceback
-
-        from search.config import redact_text
-
-        print(redact_text(traceback.format_exc()).rstrip(), file=sys.stderr)
-        print("error: unexpected failure (traceback above); please report it", file=sys.stderr)
-        return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def run() -> int:
-        from search.config import redact_text
-
         try:
             return args.fn(args)
         except SpecError as e:

@@ -9,7 +9,6 @@ new field needs no parser code. Unknown keys are errors naming the closest valid
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ class ConstraintsConfig:
 class SearchConfig:
     study_name: str | None = None    # Optuna study name; null = the experiment file's name
     sampler: str = "tpe"             # tpe | nsga2 | random | grid
-    n_trials: int = 12               # trials to reach (counted over the whole study, so resuming tops up)
+    n_trials: int = 12               # networks trained to completion (over the whole study: resuming tops up)
     timeout_s: float | None = None   # stop starting new trials after this many seconds
     seed: int = 0                    # seeds the sampler and, with the trial number, every trial
     storage: str | None = None       # Optuna storage URL; null = journal:mlruns/optuna.journal
@@ -227,31 +226,3 @@ def experiment_from_dict(raw: dict, name: str) -> ExperimentConfig:
         raise SpecError("latency.enabled is false but latency_ms is an objective or constraint; "
                         "enable latency or drop it from objectives/constraints")
     return cfg
-
-
-_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<password>[^@\s]*)@")
-
-
-def redact_text(text: str) -> str:
-    """Hide the password of every URL inside ``text`` (error messages, tracebacks, logs)."""
-    return _CREDENTIALS.sub(lambda m: f"{m['head']}:***@", text)
-
-
-def redact_tree(value):
-    """A copy of a YAML/JSON-like value with every URL password hidden (for logged configs)."""
-    if isinstance(value, dict):
-        return {k: redact_tree(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact_tree(v) for v in value]
-    return redact_text(value) if isinstance(value, str) else value
-
-
-def error_line(e: BaseException) -> str:
-    """An exception's first line (or its type when it has no message), passwords hidden."""
-    text = str(e)
-    return redact_text(text.splitlines()[0] if text.strip() else type(e).__name__)
-
-
-def redact(url: str) -> str:
-    """Hide the password of a URL (``postgresql://user:***@host/db``) for logs and tags."""
-    return redact_text(url)

@@ -10,7 +10,6 @@ The test set of a dataset is never used by the search; ``load_test`` exists only
 an exported network.
 """
 
-import difflib
 import math
 import os
 from collections.abc import Iterator
@@ -22,76 +21,8 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
+from search.checks import check_bool, check_choice, check_float, check_int, set_field
 from space import SpecError
-
-# -- config field checks (shared by the search configs: data, train, latency) -----------------
-
-
-def check_bool(value, where: str) -> None:
-    """Raise SpecError unless ``value`` is a bool (YAML ``true``/``false``)."""
-    if not isinstance(value, bool):
-        raise SpecError(f"{where} must be true or false, got {value!r}")
-
-
-def check_int(value, where: str, *, low: int | None = None, fix: str = "") -> None:
-    """Raise SpecError unless ``value`` is an int (not a bool) and ``>= low``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
-    if low is not None and value < low:
-        raise SpecError(f"{where} must be >= {low}, got {value}" + (f"; {fix}" if fix else ""))
-
-
-def check_float(
-    value,
-    where: str,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    fix: str = "",
-) -> float:
-    """Return ``value`` as a float, raising SpecError unless it is a finite number in range.
-
-    Args:
-        value: the value to check; ints are accepted (YAML writes ``1`` for ``1.0``).
-        where: ``section.field`` named in the message.
-        low: lower bound (inclusive unless ``low_open``).
-        high: upper bound (inclusive unless ``high_open``).
-        low_open: exclude ``low`` itself.
-        high_open: exclude ``high`` itself.
-        fix: how to fix it, appended to the message.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SpecError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    bad = not math.isfinite(value)
-    if low is not None:
-        bad |= value <= low if low_open else value < low
-    if high is not None:
-        bad |= value >= high if high_open else value > high
-    if bad:
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        left = "(" if low_open or low is None else "["
-        right = ")" if high_open or high is None else "]"
-        interval = f"{left}{lo}, {hi}{right}"
-        raise SpecError(f"{where} must be in {interval}, got {value:g}" + (f"; {fix}" if fix else ""))
-    return value
-
-
-def check_choice(value, where: str, choices) -> None:
-    """Raise SpecError unless ``value`` is one of ``choices``, suggesting the closest one."""
-    choices = list(choices)
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise SpecError(f"{where}: unknown value {value!r}{hint}; valid: {', '.join(choices)}")
-
-
-def _set(cfg, name: str, value) -> None:
-    object.__setattr__(cfg, name, value)  # normalise a field of a frozen dataclass
-
 
 # -- datasets ------------------------------------------------------------------------------
 
@@ -175,7 +106,7 @@ class DataConfig:
         if not isinstance(self.root, str) or not self.root:
             raise SpecError(f"data.root must be a non-empty directory path, got {self.root!r}")
         check_bool(self.download, "data.download")
-        _set(self, "val_fraction", check_float(
+        set_field(self, "val_fraction", check_float(
             self.val_fraction, "data.val_fraction", low=0, high=1, low_open=True, high_open=True,
             fix="use e.g. 0.1 (a validation set is needed to score trials)"))
         if self.train_subset is not None:

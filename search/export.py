@@ -15,9 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from search.config import ExperimentConfig, redact
+from search.config import ExperimentConfig
+from search.errors import redact
 from search.pareto import pick
-from search.study import finished_rows, front_table, open_study, pareto_rows
+from search.results import finished_rows, front_table, pareto_rows
+from search.storage import fingerprint, load_study, recipe
 from space import NetSpec, complexity
 from space.errors import SpecError
 
@@ -42,7 +44,7 @@ def export_best(cfg: ExperimentConfig, how: str, out: str | Path, storage_url: s
         out: the YAML file to write.
         storage_url: Optuna storage overriding the experiment's.
     """
-    study = open_study(cfg, storage_url, create=False)
+    study = load_study(cfg, storage_url)
     front = pareto_rows(finished_rows(study, cfg.objectives), cfg.directions)
     table = front_table(front, cfg.objectives)
     try:
@@ -65,6 +67,8 @@ def export_best(cfg: ExperimentConfig, how: str, out: str | Path, storage_url: s
             "trial": row.number,
             "pick": how,
             "seed": row.attrs.get("seed"),
+            "threads": row.attrs.get("threads"),
+            "recipe_fingerprint": study.user_attrs.get("fingerprint"),
             "study_seed": cfg.search.seed,
             "sampler": cfg.search.sampler,
             "dataset": cfg.data.dataset,
@@ -80,12 +84,22 @@ def export_best(cfg: ExperimentConfig, how: str, out: str | Path, storage_url: s
     return doc
 
 
+def exported_provenance(path: str | Path) -> dict:
+    """The ``provenance`` section of an exported YAML (empty when it has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such exported network; write one with `resnext-nas export`")
+    doc = yaml.safe_load(path.read_text()) or {}
+    return doc.get("provenance") or {}
+
+
 def evaluate_exported(cfg: ExperimentConfig, path: str | Path, *, epochs: float | None = None,
                       weights_out: str | Path | None = None) -> dict:
     """Retrain an exported network with its trial's seed and score it on the test set.
 
-    The test set is touched here only, never during the search. With the trial's seed and
-    settings on the CPU, the validation accuracy reproduces the trial's.
+    The test set is touched here only, never during the search. With the trial's seed, settings
+    and thread count (``resnext-nas evaluate`` sets the recorded one) on the CPU, the validation
+    accuracy reproduces the trial's; the report holds both.
 
     Args:
         cfg: the experiment that produced the export (data and training settings).
@@ -99,21 +113,29 @@ def evaluate_exported(cfg: ExperimentConfig, path: str | Path, *, epochs: float 
     from safetensors.torch import save_file
 
     from search.data import load_splits, load_test
-    from search.study import build_and_train
-    from search.train import evaluate, resolve_device
+    from search.devices import resolve_device
+    from search.objective import build_and_train
+    from search.train import evaluate
     from space import load_spec
 
     spec = load_spec(path)
     doc = yaml.safe_load(Path(path).read_text())
     seed = (doc.get("provenance") or {}).get("seed") or 0
+    recorded = (doc.get("provenance") or {}).get("recipe_fingerprint")
+    if recorded is not None and epochs is None and recorded != fingerprint(recipe(cfg)):
+        raise SpecError(f"{path} was searched with another recipe than {cfg.name}'s as given now (fingerprint "
+                        f"{recorded} vs {fingerprint(recipe(cfg))}); evaluate it with the experiment file and "
+                        "--set overrides of its study")
     train_cfg = cfg.train if epochs is None else dataclasses.replace(cfg.train, epochs=float(epochs))
     device = resolve_device(train_cfg.device)
     splits = load_splits(cfg.data, device)
     model, result = build_and_train(spec, splits, train_cfg, device, seed)
     test_x, test_y = load_test(cfg.data, device, splits)
     test_acc = evaluate(model, test_x, test_y, train_cfg.eval_batch_size, bf16=train_cfg.bf16)
-    report = {"name": spec.name, "seed": seed, "epochs": train_cfg.epochs,
-              "val_accuracy": result.val_accuracy, "test_accuracy": test_acc, "test_images": len(test_y)}
+    report = {"name": spec.name, "seed": seed, "epochs": train_cfg.epochs, "threads": torch.get_num_threads(),
+              "val_accuracy": result.val_accuracy,
+              "search_val_accuracy": (doc.get("metrics") or {}).get("val_accuracy"),
+              "test_accuracy": test_acc, "test_images": len(test_y)}
     if weights_out is not None:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(weights_out), metadata={"spec": json.dumps(spec.to_dict()), "hash": spec.hash})

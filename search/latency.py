@@ -7,7 +7,6 @@ headline; p10/p90 and the coefficient of variation say how much to trust it.
 """
 
 import copy
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.data import check_bool, check_int
-from search.train import check_device_name, resolve_device
+from search.checks import check_bool, check_device_name, check_int
+from search.devices import device_name, resolve_device
 
 
 @dataclass(frozen=True)
@@ -69,20 +68,6 @@ class Latency:
     cv: float
     samples: list[float] = field(default_factory=list)
     protocol: dict = field(default_factory=dict)
-
-
-def device_name(device: torch.device) -> str:
-    """A readable name of the device: the GPU's name, or the CPU's model name."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def measure_latency(

@@ -7,7 +7,7 @@ import time
 
 
 class Progress:
-    """Trials done/total, the current trial and epoch, elapsed time and Pareto size.
+    """Networks trained/total (and free or failed trials), the current trial and epoch, elapsed time, Pareto size.
 
     Args:
         total: trials the study should complete.
@@ -22,11 +22,12 @@ class Progress:
         self.t0 = time.perf_counter()
         self.done = 0
         self.front = 0
+        self.free = ""
         self.current = ""
 
     def _line(self) -> str:
         m, s = divmod(int(time.perf_counter() - self.t0), 60)
-        return f"[{self.done}/{self.total} done | pareto {self.front} | {m:02d}:{s:02d}] {self.current}"
+        return f"[{self.done}/{self.total} trained{self.free} | pareto {self.front} | {m:02d}:{s:02d}] {self.current}"
 
     def _show(self, final: bool = False) -> None:
         if self.quiet:
@@ -57,8 +58,12 @@ class Progress:
     def trial_finished(self, number: int, status: str) -> None:
         self.current += f" -> {status.lower()}"
 
-    def pareto(self, size: int, completed: int) -> None:
-        self.front, self.done = size, completed
+    def pareto(self, size: int, counts: dict[str, int]) -> None:
+        """After a trial: the front's size and the trials by outcome (``search.results.outcome_counts``)."""
+        self.front, self.done = size, counts["trained"]
+        free = {"reused": counts["reused"], "over budget": counts["over_budget"],
+                "out of memory": counts["out_of_memory"], "failed": counts["failed"]}
+        self.free = "".join(f", {n} {what}" for what, n in free.items() if n)
         self._show(final=True)
 
     def close(self) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from search.config import TrackingConfig, error_line, redact
+from search.config import TrackingConfig
+from search.errors import error_line, redact
 from space.errors import SpecError
 
 log = logging.getLogger(__name__)
@@ -67,32 +68,49 @@ class Tracker:
                   file=sys.stderr)
             return None
 
-    def setup(self) -> None:
-        """Create (or migrate) the database and the experiment once, before any worker starts."""
+    def check(self) -> None:
+        """Reach the store and look the experiment up; creates no experiment (a refused start records nothing)."""
         if not self.enabled:
             return
         try:
             exp = self.client.get_experiment_by_name(self.experiment)
-            if exp is None:
-                location = self.artifacts
-                if self.uri.startswith(("http://", "https://")) and "://" not in location:
-                    location = None  # a tracking server: its own (proxied) artifact store, which every machine reaches
-                elif "://" not in location:
-                    location = Path(location).resolve().joinpath(self.experiment).as_uri()
-                self.experiment_id = self.client.create_experiment(self.experiment, location)
-            else:
-                self.experiment_id = exp.experiment_id
         except Exception as e:
-            reason = error_line(e)
             raise SpecError(
-                f"cannot reach the MLflow tracking store {redact(self.uri)}: {reason}; start the server "
+                f"cannot reach the MLflow tracking store {redact(self.uri)}: {error_line(e)}; start the server "
                 "or fix tracking.uri (--tracking-uri), or set tracking.enabled=false"
             ) from None
+        self.experiment_id = exp.experiment_id if exp is not None else None
+
+    def setup(self) -> None:
+        """Create (or migrate) the database and the experiment once, before any worker starts."""
+        if not self.enabled:
+            return
+        self.check()
+        if self.experiment_id is not None:
+            return
+        location = self.artifacts
+        if self.uri.startswith(("http://", "https://")) and "://" not in location:
+            location = None  # a tracking server: its own (proxied) artifact store, which every machine reaches
+        elif "://" not in location:
+            location = Path(location).resolve().joinpath(self.experiment).as_uri()
+        try:
+            self.experiment_id = self.client.create_experiment(self.experiment, location)
+        except Exception as e:
+            raise SpecError(f"cannot create the MLflow experiment '{self.experiment}' in {redact(self.uri)}: "
+                            f"{error_line(e)}") from None
 
     # -- runs -------------------------------------------------------------------------------
 
-    def study_run(self, study_name: str, params: dict, tags: dict) -> str | None:
-        """The study's parent run: found again when the study resumes, else created."""
+    def study_run(self, study_name: str, params: dict, tags: dict,
+                  created: dict[str, str] | None = None) -> str | None:
+        """The study's parent run: found again when the study resumes, else created.
+
+        Args:
+            study_name: the Optuna study's name.
+            params: logged when the run is created (MLflow params never change).
+            tags: set on every run of the study (they may change on resume: sampler, n_trials).
+            created: text artifacts (name -> text) written when the run is created only.
+        """
         def find_or_create():
             runs = self.client.search_runs(
                 [self.experiment_id],
@@ -102,12 +120,15 @@ class Tracker:
             if runs:
                 run_id = runs[0].info.run_id
                 self.client.update_run(run_id, status="RUNNING")
+                self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
                 return run_id
             run = self.client.create_run(
                 self.experiment_id, run_name=study_name,
-                tags={ROLE: "study", STUDY: study_name, **tags},
+                tags={ROLE: "study", STUDY: study_name, **{k: str(v) for k, v in tags.items()}},
             )
             self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            for name, text in (created or {}).items():
+                self.client.log_text(run.info.run_id, text, name)
             return run.info.run_id
         return self._safe("creating the study run", find_or_create)
 
@@ -123,12 +144,12 @@ class Tracker:
         return self._safe(f"creating the run of trial {number}", create)
 
     def log(self, run_id: str | None, *, params: dict | None = None, metrics: dict | None = None,
-            series: dict[str, list[float]] | None = None, tags: dict | None = None) -> None:
-        """Log params, final metrics, per-step series and tags in as few batched calls as possible."""
+            series: dict[str, list[float]] | None = None, tags: dict | None = None, step: int = 0) -> None:
+        """Log params, metrics (at ``step``), per-step series (steps 1..n) and tags in few batched calls."""
         if run_id is None:
             return
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        items = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
         for key, values in (series or {}).items():
             items += [Metric(key, float(v), now, step) for step, v in enumerate(values, 1)]
         ps = [Param(k, str(v)) for k, v in (params or {}).items()]

@@ -8,12 +8,8 @@ accumulated on the device and checked for NaN/inf every ``FINITE_CHECK_EVERY`` s
 every epoch's end, so a diverging run stops within a few steps without a host sync per step.
 """
 
-import ctypes
 import math
-import os
 import random
-import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,34 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from search.data import (
-    Splits,
-    _set,
-    augment,
-    batches,
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
-    steps_per_epoch,
-)
+from search.checks import check_bool, check_choice, check_device_name, check_float, check_int, set_field
+from search.data import Splits, augment, batches, steps_per_epoch
 from space import Bottleneck, SpecError
 
 SCHEDULES = ("onecycle", "cosine", "constant")
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 FINITE_CHECK_EVERY = 50  # steps between the NaN/inf checks (one host sync each)
-# glibc mallopt parameters (malloc.h) and the values tune_cpu_malloc sets
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-CPU_MALLOC = {"trim_threshold": 1 << 30, "mmap_threshold": 256 << 20}  # bytes
-_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
-_malloc_tuned: bool | None = None  # process-wide: None until tune_cpu_malloc first runs
-
-
-def check_device_name(value, where: str, extra: tuple[str, ...] = ()) -> None:
-    """Raise SpecError unless ``value`` is auto | cpu | cuda | cuda:N (or one of ``extra``)."""
-    if not isinstance(value, str) or not (DEVICE_RE.match(value) or value in extra):
-        valid = " | ".join((*extra, "auto", "cpu", "cuda", "cuda:N"))
-        raise SpecError(f"{where}: unknown device {value!r}; use {valid}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +46,9 @@ class TrainConfig:
         channels_last: NHWC memory format for the model and its inputs.
         eval_batch_size: images per validation batch.
         zero_init_residual: zero the last BN of every block so each starts as identity.
+        threads: torch CPU threads of each worker process, set by the entry points
+            (``search.devices.tune_process``) and recorded with every trial; None = the cores
+            the worker owns. Not part of the recipe: a resume may change the worker count.
     """
 
     epochs: float = 1.0  # passes over the training split; fractional allowed
@@ -89,34 +66,37 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory format
     eval_batch_size: int = 512  # images per validation batch
     zero_init_residual: bool = True  # each block starts as identity
+    threads: int | None = None  # torch CPU threads of a worker; null = the cores it owns (cores / workers)
 
     def __post_init__(self) -> None:
-        _set(self, "epochs", check_float(self.epochs, "train.epochs", low=0, low_open=True,
+        set_field(self, "epochs", check_float(self.epochs, "train.epochs", low=0, low_open=True,
                                          fix="use e.g. 1 or 0.5"))
         if self.seconds is not None:
-            _set(self, "seconds", check_float(self.seconds, "train.seconds", low=0, low_open=True,
+            set_field(self, "seconds", check_float(self.seconds, "train.seconds", low=0, low_open=True,
                                               fix="use null for no time budget"))
         check_int(self.batch_size, "train.batch_size", low=1, fix="use e.g. 128")
-        _set(self, "lr", check_float(self.lr, "train.lr", low=0, low_open=True, fix="use e.g. 0.05"))
-        _set(self, "momentum", check_float(self.momentum, "train.momentum", low=0, high=1,
+        set_field(self, "lr", check_float(self.lr, "train.lr", low=0, low_open=True, fix="use e.g. 0.05"))
+        set_field(self, "momentum", check_float(self.momentum, "train.momentum", low=0, high=1,
                                            high_open=True, fix="use e.g. 0.9"))
         check_bool(self.nesterov, "train.nesterov")
         if self.nesterov and self.momentum == 0:
             raise SpecError("train.nesterov needs momentum > 0; set momentum (e.g. 0.9) or "
                             "nesterov: false")
-        _set(self, "weight_decay", check_float(self.weight_decay, "train.weight_decay", low=0,
+        set_field(self, "weight_decay", check_float(self.weight_decay, "train.weight_decay", low=0,
                                                fix="use e.g. 5e-4, or 0 for none"))
-        _set(self, "label_smoothing", check_float(
+        set_field(self, "label_smoothing", check_float(
             self.label_smoothing, "train.label_smoothing", low=0, high=1, high_open=True,
             fix="use e.g. 0.1, or 0 for none"))
         check_choice(self.schedule, "train.schedule", SCHEDULES)
-        _set(self, "warmup", check_float(self.warmup, "train.warmup", low=0, high=1, high_open=True,
+        set_field(self, "warmup", check_float(self.warmup, "train.warmup", low=0, high=1, high_open=True,
                                          fix="use e.g. 0.2"))
         check_device_name(self.device, "train.device")
         check_bool(self.bf16, "train.bf16")
         check_bool(self.channels_last, "train.channels_last")
         check_int(self.eval_batch_size, "train.eval_batch_size", low=1, fix="use e.g. 512")
         check_bool(self.zero_init_residual, "train.zero_init_residual")
+        if self.threads is not None:
+            check_int(self.threads, "train.threads", low=1, fix="use null for the cores this worker owns")
 
 
 @dataclass
@@ -152,66 +132,6 @@ class TrainResult:
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite; the message says at which step."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device a device name means on this machine.
-
-    Args:
-        name: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-
-    Raises:
-        SpecError: for CUDA without CUDA, or ``cuda:N`` beyond the visible GPUs.
-    """
-    check_device_name(name, "device")
-    if name == "cpu":
-        return torch.device("cpu")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if name == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if count else torch.device("cpu")
-    index = int(name.split(":")[1]) if ":" in name else None
-    if count == 0:
-        raise SpecError(
-            f"device '{name}': this machine has no CUDA GPU (torch {torch.__version__}, "
-            f"CUDA build {torch.version.cuda or 'none'}); use device: cpu, or auto to take a GPU "
-            "only when there is one"
-        )
-    if index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    if index >= count:
-        raise SpecError(
-            f"device '{name}': only {count} GPU(s) visible (cuda:0..cuda:{count - 1}); use one "
-            "of those, or check CUDA_VISIBLE_DEVICES"
-        )
-    return torch.device("cuda", index)
-
-
-def tune_cpu_malloc() -> bool:
-    """Keep freed training memory in glibc's heap between steps instead of unmapping it (once).
-
-    glibc serves every allocation above its mmap threshold (at most 32 MiB by default) with a
-    fresh ``mmap`` and unmaps it on free, and trims the heap top above 128 KiB; a CPU training
-    step allocates and frees activations of tens of MiB (128 x 64 x 32 x 32 float32 = 32 MiB), so
-    every step faulted its whole working set in again: about half of a CPU trial's time went to
-    page faults (``benchmarks.trainer`` shows the before/after). Raising both thresholds lets the
-    memory be reused; the process keeps its peak working set resident. Applied on Linux with
-    glibc only, once per process, and never when the user set glibc's own ``MALLOC_*_`` or
-    ``GLIBC_TUNABLES`` malloc settings. Returns whether the tuning is in effect.
-    """
-    global _malloc_tuned
-    if _malloc_tuned is None:
-        _malloc_tuned = False
-        user_set = any(k in os.environ for k in _MALLOC_ENV) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
-        if sys.platform.startswith("linux") and not user_set:
-            try:
-                libc = ctypes.CDLL(None)
-                if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt"):
-                    mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, CPU_MALLOC["mmap_threshold"])
-                    trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, CPU_MALLOC["trim_threshold"])
-                    _malloc_tuned = bool(mmap_ok and trim_ok)
-            except OSError:  # no C library to load: leave the allocator alone
-                pass
-    return _malloc_tuned
 
 
 def seed_everything(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -360,8 +280,6 @@ def train_model(
         NonFiniteLoss: when the loss becomes NaN/inf (within ``FINITE_CHECK_EVERY`` steps).
     """
     gen = seed_everything(seed, device)
-    if device.type == "cpu":
-        tune_cpu_malloc()
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -400,7 +318,7 @@ def train_model(
             if out_of_time():
                 stopped_by = "seconds"
                 break
-            progress = step / total
+            progress = (step + 0.5) / total  # mid-step: the first step learns, the last one too
             if cfg.seconds is not None:
                 progress = max(progress, timer.running() / cfg.seconds)
             lr = cfg.lr * lr_factor(progress, cfg.schedule, cfg.warmup)

@@ -1,9 +1,9 @@
 """Worker processes: several trials at once on one machine, and who-runs-what for crash recovery.
 
 ``resnext-nas search EXP.yaml --workers N`` keeps one supervising process (it owns the study and
-its MLflow parent run) and starts N worker processes that share the study through its storage;
-each worker is an ordinary Optuna optimize loop (``search.study.work``). A worker gets its
-configuration on stdin (never on the command line, where other users could read a password),
+its MLflow parent run) and starts N worker processes (``search.worker_process``) that share the
+study through its storage; each is an ordinary Optuna optimize loop (``search.study.work``). A
+worker gets its configuration on stdin (never on the command line, where other users could read a password),
 its GPU through ``CUDA_VISIBLE_DEVICES`` and its share of the CPU cores through the thread
 count. No optuna here: this module only starts, watches and stops processes.
 
@@ -20,10 +20,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+
+from search.devices import cpu_cores, visible_gpus
 
 HOST_ENV = "RESNEXT_NAS_HOST"  # names this machine in trial records; default: its hostname
 EXIT_ABORTED = 3  # a worker stopped by search.max_consecutive_failures
@@ -80,14 +81,6 @@ def process_alive(ident: dict) -> bool:
     return ident.get("start") in (None, start)
 
 
-def cpu_cores() -> int:
-    """CPU cores this process may use (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class Slot:
     """One worker process of this machine: its index, CPU threads and GPU (None: not pinned)."""
@@ -97,30 +90,19 @@ class Slot:
     gpu: str | None = None
 
 
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        entries = [e.strip() for e in listed.split(",") if e.strip()]
-        return entries[:torch.cuda.device_count()]
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def plan(requested: int | None, train_device: str) -> list[Slot]:
+def plan(requested: int | None, train_device: str, threads: int | None = None) -> list[Slot]:
     """The worker processes to run here.
 
     Args:
         requested: ``--workers``; None = one per visible GPU when trials train on ``auto`` or
             ``cuda`` and there is a GPU, else 1.
         train_device: ``train.device`` of the experiment.
+        threads: ``train.threads``: CPU threads per worker; None = the cores split evenly.
 
     On a GPU machine each worker is pinned to one GPU (round robin when there are more
     workers than GPUs); an explicit ``cuda:N`` pins nothing. The CPU cores are split evenly
-    (``cores // N`` threads each, at least 1).
+    (``cores // N`` threads each, at least 1); more threads than that are refused, since
+    oversubscribed cores slow every worker down by far more than their share.
     """
     from space.errors import SpecError
 
@@ -128,8 +110,12 @@ def plan(requested: int | None, train_device: str) -> list[Slot]:
     n = requested if requested is not None else max(1, len(gpus))
     if n < 1:
         raise SpecError(f"--workers must be >= 1, got {n}")
-    threads = max(1, cpu_cores() // n)
-    return [Slot(i, threads, gpus[i % len(gpus)] if gpus and n > 1 else None) for i in range(n)]
+    owned = max(1, cpu_cores() // n)
+    if threads is not None and threads > owned:
+        raise SpecError(f"train.threads = {threads} with {n} worker(s) needs {threads * n} CPU cores but this "
+                        f"process may use {cpu_cores()}; set train.threads <= {owned} (or null: the cores "
+                        "split evenly) or use fewer --workers")
+    return [Slot(i, threads or owned, gpus[i % len(gpus)] if gpus and n > 1 else None) for i in range(n)]
 
 
 @dataclass
@@ -157,7 +143,7 @@ def spawn(slot: Slot, payload: dict) -> subprocess.Popen:
                MKL_NUM_THREADS=str(slot.threads))
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-    proc = subprocess.Popen([sys.executable, "-m", "search.worker"], stdin=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "search.worker_process"], stdin=subprocess.PIPE, env=env)
     try:
         proc.stdin.write(json.dumps({**payload, "slot": asdict(slot), "parent_pid": os.getpid()},
                                     default=str).encode())
@@ -239,46 +225,3 @@ class _Labelled:
 def labelled(stream, label: str):
     """``stream`` with ``[label] `` before every line."""
     return _Labelled(stream, label)
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Stop this worker (as if by SIGTERM) when the process that started it is gone."""
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def main() -> int:
-    """Entry point of a worker process (``python -m search.worker``, configuration on stdin)."""
-    spec = json.loads(sys.stdin.read())
-    slot = Slot(**spec["slot"])
-    import torch
-
-    torch.set_num_threads(slot.threads)
-    _exit_with_parent(spec["parent_pid"])
-
-    from search.config import experiment_from_dict, redact_text
-    from search.study import StudyAborted, work
-    from space.errors import SpecError
-
-    label = f"w{slot.index}"
-    try:
-        cfg = experiment_from_dict(spec["raw"], spec["name"])
-        work(cfg, storage_url=spec["storage"], quiet=spec.get("quiet", False), label=label)
-    except StudyAborted as e:
-        print(f"[{label}] {redact_text(str(e))}", file=sys.stderr)
-        return EXIT_ABORTED
-    except SpecError as e:
-        print(f"[{label}] error: {redact_text(str(e))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    return 0
-
-
-if __name__ == "__main__":
-    from search.cli import guarded
-
-    sys.exit(guarded(main))

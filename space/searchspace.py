@@ -229,6 +229,12 @@ class SearchSpace:
             total += per_net * len(widths) * len(self.depth.choices) ** n
         return total
 
+    def largest(self) -> NetSpec:
+        """The network of the space with the most MACs (its every dimension at the top, best stem pair)."""
+        corners = [self._build(lambda name, dim, p={"stem_ch": s, "bottleneck_ch": b}: p.get(name, dim.choices[-1]))
+                   for s, b in itertools.product(self.stem_ch.choices, self.bottleneck_ch.choices)]
+        return max(corners, key=lambda spec: complexity(spec).macs)
+
     def complexity_range(self) -> tuple[Complexity, Complexity]:
         """(smallest, largest) complexity the space can produce, each field taken on its own.
 

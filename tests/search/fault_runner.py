@@ -26,19 +26,19 @@ def main() -> int:
 
     import search.cli
     import search.export  # noqa: F401
+    import search.objective
     import search.plots  # noqa: F401
-    import search.study
 
     failing = {int(n) for n in os.environ.get("FAULT_FAIL_TRIALS", "").split(",") if n}
     if failing:
-        evaluate = search.study.Objective._evaluate
+        evaluate = search.objective.Objective._evaluate
 
         def faulty(self, trial, spec, cx):
             if trial.number in failing:
                 raise RuntimeError(f"injected fault in trial {trial.number}")
             return evaluate(self, trial, spec, cx)
 
-        search.study.Objective._evaluate = faulty
+        search.objective.Objective._evaluate = faulty
 
     headroom = os.environ.get("FAULT_AS_HEADROOM_MB")
     if headroom:

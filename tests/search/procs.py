@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.study import open_storage
+from search.storage import open_storage
 
 from .conftest import tiny_raw
 
@@ -144,6 +144,11 @@ def just_started(path: Path, within_s: float = 0.6, storage: str | None = None) 
     """Trials in training that started less than ``within_s`` ago: a signal sent now lands mid-trial."""
     now = datetime.now()
     return [t for t in training(path, storage) if (now - t.datetime_start).total_seconds() < within_s]
+
+
+def trained(ts) -> int:
+    """How many trials trained their network to completion (what search.n_trials counts)."""
+    return sum(t.state.name == "COMPLETE" and t.user_attrs.get("outcome") == "trained" for t in ts)
 
 
 def states(ts) -> dict[str, int]:

@@ -43,11 +43,11 @@ def test_search_pareto_export_from_the_command_line(tmp_path, capsys):
     assert main(["search", str(exp), "--quiet", "--set", "search.n_trials=3",
                  "--export-dir", str(tmp_path / "exports")]) == 0
     out = capsys.readouterr().out
-    assert "Pareto front of study 'exp' (3 completed trials" in out
+    assert "study 'exp': 3 trained, " in out and "Pareto front: " in out
     assert (tmp_path / "exports" / "exp_knee.yaml").is_file()
 
     assert main(["pareto", str(exp), "--set", "search.n_trials=3"]) == 0
-    assert "3 completed trials" in capsys.readouterr().out
+    assert "study 'exp': 3 trained, " in capsys.readouterr().out
 
     out_file = tmp_path / "best.yaml"
     assert main(["export", str(exp), "--set", "search.n_trials=3", "--pick", "min-params",

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from search.config import load_experiment, redact
+from search.config import load_experiment
+from search.errors import redact
 from space.errors import SpecError
 
 EXPERIMENTS = sorted(Path(__file__).parents[2].joinpath("experiments").glob("*.yaml"))

@@ -10,7 +10,8 @@ import torch
 
 from search.cli import main
 from search.config import load_experiment
-from search.study import failure_kind, open_study
+from search.objective import failure_kind
+from search.study import open_or_create_study
 from search.train import NonFiniteLoss
 
 from .procs import Proc, experiment, mlflow_runs, search, states, trials
@@ -20,12 +21,12 @@ pytestmark = pytest.mark.slow
 BIG, SMALL = 16384, 4  # stem channels: activations of ~0.5 GB per tensor vs a few kB
 
 
-def test_out_of_memory_fails_the_trial_releases_memory_and_the_study_goes_on(tmp_path):
-    path = experiment(tmp_path, space={"num_stages": 1, "stem_ch": [SMALL, BIG], "bottleneck_ch": 4,
+def test_out_of_memory_is_infeasible_releases_memory_is_not_retried_and_the_study_goes_on(tmp_path):
+    path = experiment(tmp_path, space={"num_stages": 1, "stem_ch": [SMALL, BIG], "bottleneck_ch": [4, 8],
                                        "cardinality": 1}, search={"n_trials": 2})
-    study = open_study(load_experiment(path))
-    for stem in (BIG, SMALL, BIG, SMALL):
-        study.enqueue_trial({"stem_ch": stem})
+    study = open_or_create_study(load_experiment(path))
+    for stem, bottleneck in ((BIG, 4), (SMALL, 4), (BIG, 4), (SMALL, 8)):
+        study.enqueue_trial({"stem_ch": stem, "bottleneck_ch": bottleneck})
     # 2.5 GB more address space than the process needs at start: a BIG network allocates about
     # 1 GB of activations, then fails; if that gigabyte were kept, the next trials would fail too.
     proc = Proc(["search", str(path), "--quiet", "--export-dir", str(tmp_path / "exports")], tmp_path,
@@ -33,7 +34,12 @@ def test_out_of_memory_fails_the_trial_releases_memory_and_the_study_goes_on(tmp
     assert proc.wait() == 0, proc.output()
 
     ts = trials(path)
-    assert [t.state.name for t in ts] == ["FAIL", "COMPLETE"] * 2
+    assert [t.state.name for t in ts] == ["COMPLETE"] * 4
+    assert [t.user_attrs["outcome"] for t in ts] == ["out_of_memory", "trained", "out_of_memory", "trained"]
+    assert ts[2].user_attrs["reused_from"] == 0 and "epochs_done" not in ts[2].user_attrs  # not tried again
+    assert ts[0].user_attrs["device"].startswith("cpu:")
+    for t in ts[0], ts[2]:  # infeasible: the sampler learns the region
+        assert t.constraints["out_of_memory"] == 1.0
     baseline = min(t.user_attrs["memory_after_mb"]["rss_mb"] for t in ts)
     client, runs, _ = mlflow_runs(path)
     for t in ts:
@@ -41,12 +47,13 @@ def test_out_of_memory_fails_the_trial_releases_memory_and_the_study_goes_on(tmp
         assert t.user_attrs["memory_after_mb"]["rss_mb"] < baseline + 150, [t.user_attrs["memory_after_mb"]
                                                                            for t in ts]
         run = runs[t.number]
-        if t.params["stem_ch"] == BIG:
-            assert t.user_attrs["failure"] == "out_of_memory"
+        if t.number == 0:
             assert "can't allocate memory" in t.user_attrs["fail_reason"]
-            assert run.info.status == "FAILED"
+            assert run.info.status == "FINISHED" and run.data.tags["state"] == "infeasible"
             assert run.data.tags["failure"] == "out_of_memory"
             assert "can't allocate memory" in run.data.tags["fail_reason"]
+        elif t.number == 2:
+            assert run.data.tags["reused_from"] == "0"
         else:
             assert run.info.status == "FINISHED"
 
@@ -73,7 +80,7 @@ def test_nonfinite_loss_fails_at_once_and_repeated_failures_stop_the_study(tmp_p
         assert "NonFiniteLoss: training loss is" in text
     assert [p.info.status for p in parents] == ["FAILED"]
     assert main(["pareto", str(path)]) == 0
-    assert "0 completed trials, 0 distinct networks" in capsys.readouterr().out
+    assert "0 trained, 0 reused, 0 over budget, 0 out of memory, 2 failed; 0 networks" in capsys.readouterr().out
 
 
 def test_any_other_exception_is_recorded_with_its_traceback_and_the_study_continues(tmp_path):
@@ -83,7 +90,8 @@ def test_any_other_exception_is_recorded_with_its_traceback_and_the_study_contin
     assert proc.wait() == 0, proc.output()
 
     ts = trials(path)
-    assert [t.state.name for t in ts] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in ts] == ["COMPLETE", "FAIL"] + ["COMPLETE"] * (len(ts) - 2)
+    assert sum(t.user_attrs.get("outcome") == "trained" for t in ts) == 3  # a failed trial is not counted
     assert ts[1].user_attrs["failure"] == "error"
     assert ts[1].user_attrs["fail_reason"] == "RuntimeError: injected fault in trial 1"
     client, runs, parents = mlflow_runs(path)
@@ -91,7 +99,7 @@ def test_any_other_exception_is_recorded_with_its_traceback_and_the_study_contin
     assert runs[1].data.tags["fail_reason"] == "RuntimeError: injected fault in trial 1"
     text = open(client.download_artifacts(runs[1].info.run_id, "traceback.txt", str(tmp_path))).read()
     assert "Traceback (most recent call last)" in text and "injected fault in trial 1" in text
-    assert {runs[n].info.status for n in (0, 2, 3)} == {"FINISHED"}
+    assert {runs[t.number].info.status for t in ts if t.number != 1} == {"FINISHED"}
     assert [p.info.status for p in parents] == ["FINISHED"]
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from search.cli import guarded, main
-from search.config import redact_text, redact_tree
+from search.cli import main
+from search.errors import guarded, redact_text, redact_tree
 from search.study import run_search
 
 from .procs import experiment, postgres_url, search, training, wait_for
@@ -119,7 +119,7 @@ def test_a_password_in_the_storage_url_is_nowhere_to_be_found(tmp_path):
     proc = search(path, "--workers", "2")
     first = wait_for(lambda: training(path, base), 60, "a trial in training", (proc,))[0]
     argv = Path(f"/proc/{first.user_attrs['worker']['pid']}/cmdline").read_bytes().decode(errors="replace")
-    assert "search.worker" in argv and password not in argv  # a worker's configuration comes on stdin
+    assert "search.worker_process" in argv and password not in argv  # a worker's configuration comes on stdin
     assert proc.wait() == 0, proc.output()
 
     assert password not in proc.output()

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from search.data import DataConfig, load_splits, steps_per_epoch
+from search.devices import resolve_device
 from search.train import (
     FINITE_CHECK_EVERY,
     NonFiniteLoss,
     TrainConfig,
     evaluate,
     lr_factor,
-    resolve_device,
     seed_everything,
     train_model,
     zero_init_residual,
@@ -98,10 +98,49 @@ def test_seconds_budget_stops_early(synthetic):
     assert all(math.isfinite(h.train_loss) for h in r.history)
 
 
-def test_channels_last_and_other_schedules_run_on_cpu(synthetic):
-    for kwargs in ({"channels_last": True}, {"schedule": "cosine"}, {"schedule": "constant", "lr": 0.02}):
-        _, r = _train(synthetic, epochs=0.5, **kwargs)
-        assert 0 <= r.val_accuracy <= 1 and r.steps == 9
+def _spy_steps(monkeypatch) -> list[dict]:
+    """Record, at every optimizer step, the learning rate and the memory format of a conv weight."""
+    seen = []
+    real = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        weight = next(p for g in self.param_groups for p in g["params"] if p.ndim == 4)
+        seen.append({"lr": self.param_groups[0]["lr"],
+                     "nhwc": weight.is_contiguous(memory_format=torch.channels_last)
+                     and not weight.is_contiguous()})
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    return seen
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
+def test_each_schedule_sets_the_learning_rate_of_every_step(synthetic, monkeypatch, schedule):
+    seen = _spy_steps(monkeypatch)
+    _, r = _train(synthetic, epochs=0.5, schedule=schedule, warmup=0.2, lr=0.1)
+    assert r.steps == len(seen) == 9
+    want = [0.1 * lr_factor((i + 0.5) / 9, schedule, 0.2) for i in range(9)]
+    assert [s["lr"] for s in seen] == pytest.approx(want)
+    assert all(s["lr"] > 0 for s in seen)  # the first step learns, and so does the last
+
+
+def test_channels_last_really_trains_nhwc(synthetic, monkeypatch):
+    seen = _spy_steps(monkeypatch)
+    _train(synthetic, epochs=0.5, channels_last=True)
+    assert seen and all(s["nhwc"] for s in seen)
+    seen.clear()
+    _train(synthetic, epochs=0.5, channels_last=False)
+    assert seen and not any(s["nhwc"] for s in seen)
+
+
+def test_a_single_step_changes_the_weights(synthetic):
+    """One step of a one-cycle schedule (epochs=0.01) used to have learning rate 0: nothing learned."""
+    seed_everything(0)
+    model = build_model(SPEC)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = train_model(model, synthetic, TrainConfig(epochs=0.01, **FAST), device=CPU, seed=0)
+    assert r.steps == 1
+    changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert "conv1.weight" in changed and "fc.weight" in changed
 
 
 def test_lr_schedules():

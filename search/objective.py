@@ -1,0 +1,258 @@
+"""One trial: suggest a network, know its costs, decide whether to train it, train it, measure it.
+
+suggest a NetSpec -> analytic params/MACs -> over a static budget? never built (``over_budget``)
+-> the study already trained this network? its result is reused (``reused``) -> build, train
+briefly, measure latency (``trained``); a network that does not fit in the device's memory is
+recorded as infeasible (``out_of_memory``), so the sampler learns the region and the same
+network is never tried again on that device. Each step is mirrored into the trial's MLflow
+run, which always ends FINISHED, FAILED or KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import traceback
+from collections.abc import Callable
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from search import worker
+from search.config import ExperimentConfig
+from search.data import Splits
+from search.devices import device_name, memory_in_use, release_memory, resolve_device
+from search.errors import redact_text
+from search.latency import measure_latency
+from search.progress import Progress
+from search.results import OUT_OF_MEMORY, OVER_BUDGET, REUSED, STATIC, TRAINED
+from search.tracking import Tracker
+from search.train import NonFiniteLoss, seed_everything, train_model
+from space import NetSpec, build_model, complexity
+
+OOM_ERRORS = (MemoryError, torch.cuda.OutOfMemoryError)
+OOM_MARKERS = ("out of memory", "can't allocate memory", "ALLOC_FAILED")
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    """Per-trial seed derived from the study seed and trial number (stable across runs)."""
+    return int(hashlib.sha256(f"{study_seed}:{number}".encode()).hexdigest()[:8], 16)
+
+
+def failure_kind(e: BaseException) -> str:
+    """``out_of_memory``, ``nonfinite_loss`` or ``error``: the reason class of a trial's exception."""
+    if isinstance(e, NonFiniteLoss):
+        return "nonfinite_loss"
+    if isinstance(e, OOM_ERRORS) or (isinstance(e, RuntimeError) and any(m in str(e) for m in OOM_MARKERS)):
+        return "out_of_memory"
+    return "error"
+
+
+def build_and_train(spec: NetSpec, splits: Splits, train_cfg, device: torch.device, seed: int,
+                    on_epoch: Callable | None = None):
+    """Seed, build and train one network: the same seed (and threads) gives the same weights and result.
+
+    Returns:
+        (model, TrainResult).
+    """
+    seed_everything(seed, device)  # before building, so the initial weights follow the seed too
+    model = build_model(spec)
+    return model, train_model(model, splits, train_cfg, device=device, seed=seed, on_epoch=on_epoch)
+
+
+def run_params(spec: NetSpec, cfg: ExperimentConfig) -> dict:
+    """MLflow params of a trial: the NetSpec fields (per-stage ones joined) and training settings."""
+    params = {k: v for k, v in spec.to_dict().items() if k != "stages"}
+    params["num_stages"] = len(spec.stages)
+    for field in ("depth", "bottleneck_ch", "stride", "groups", "base_width"):
+        params[field] = ",".join(str(getattr(s, field)) for s in spec.stages)
+    params.update({f"train.{k}": v for k, v in vars(cfg.train).items()})
+    params["train.threads"] = torch.get_num_threads()  # what ran, whatever the config asked
+    params["dataset"] = cfg.data.dataset
+    return params
+
+
+def largest_latency_ms(cfg: ExperimentConfig, device: torch.device) -> float:
+    """Latency of the space's largest network (untrained: same compute) under the study's protocol."""
+    spec = cfg.space.largest()
+    lat_device = device if cfg.latency.device == "train" else resolve_device(cfg.latency.device)
+    seed_everything(cfg.search.seed, lat_device)
+    model = build_model(spec)
+    try:
+        return measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, lat_device, bf16=cfg.train.bf16,
+                               channels_last=cfg.train.channels_last).median_ms
+    finally:
+        del model
+        release_memory()
+
+
+class Objective:
+    """The function Optuna calls for each trial.
+
+    Args:
+        cfg: the experiment.
+        splits: train/val tensors already on ``device``.
+        device: where trials train.
+        tracker: MLflow writer (may be disabled).
+        parent_id: the study's MLflow run id.
+        progress: progress display.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, splits: Splits, device: torch.device, tracker: Tracker,
+                 parent_id: str | None, progress: Progress) -> None:
+        self.cfg, self.splits, self.device = cfg, splits, device
+        self.tracker, self.parent_id, self.progress = tracker, parent_id, progress
+        lat_dev = cfg.latency.device
+        self.latency_device = device if lat_dev == "train" else resolve_device(lat_dev)
+        self.device_key = f"{device.type}:{device_name(device)}"  # out-of-memory is a property of this
+        self.worker = {**worker.identity(), "threads": torch.get_num_threads()}
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        cfg = self.cfg
+        trial.set_user_attr("worker", self.worker)  # first: whoever finds this trial orphaned needs it
+        spec = cfg.space.suggest(trial)
+        cx = complexity(spec)
+        for key, value in (("spec", spec.to_dict()), ("spec_name", spec.name), ("spec_hash", spec.hash),
+                           ("params", cx.params), ("macs", cx.macs)):
+            trial.set_user_attr(key, value)
+        run_id = self.tracker.start_trial(self.parent_id, cfg.study_name, trial.number, {
+            "spec_name": spec.name, "spec_hash": spec.hash,
+            "worker": f"{self.worker['host']}:{self.worker['pid']}"})
+        if run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
+        self.progress.trial_started(trial.number, spec.name)
+        status = "FAILED"
+        try:
+            values, metrics, series, tags = self._evaluate(trial, spec, cx)
+            status = "FINISHED"
+            self.tracker.log(run_id, params=run_params(spec, cfg), metrics=metrics, series=series, tags=tags)
+            self.tracker.log_text(run_id, spec.to_yaml(), "spec.yaml")
+            return values
+        except (KeyboardInterrupt, SystemExit) as e:
+            status = "KILLED"
+            reason = f"interrupted ({e})" if str(e) else "interrupted"
+            self.tracker.log(run_id, tags={"state": "killed", "fail_reason": reason})
+            trial.set_user_attr("fail_reason", reason)
+            raise
+        except Exception as e:
+            kind = failure_kind(e)
+            reason = redact_text(f"{type(e).__name__}: {e}")
+            text = redact_text(traceback.format_exc())
+            # The traceback's frames hold the trial's model, activations and gradients: let them
+            # go now (an out-of-memory trial must not keep its memory until Optuna drops it).
+            traceback.clear_frames(e.__traceback__)
+            self.tracker.log_text(run_id, text, "traceback.txt")
+            if kind == "out_of_memory":
+                release_memory()
+                values, metrics, tags = self._out_of_memory(trial, cx, reason)
+                status = "FINISHED"
+                self.tracker.log(run_id, params=run_params(spec, cfg), metrics=metrics, tags=tags)
+                return values
+            self.tracker.log(run_id, params=run_params(spec, cfg),
+                             tags={"state": "failed", "failure": kind, "fail_reason": reason[:5000]})
+            trial.set_user_attr("failure", kind)
+            trial.set_user_attr("fail_reason", reason[:2000])
+            raise
+        finally:
+            release_memory()
+            memory = memory_in_use(self.device)
+            self.tracker.log(run_id, metrics={f"memory.{k}": v for k, v in memory.items()})
+            self.tracker.end(run_id, status)
+            self.progress.trial_finished(trial.number, status)
+            with contextlib.suppress(Exception):  # the trial may already be finished (declared lost)
+                trial.set_user_attr("memory_after_mb", memory)
+
+    def _placeholder(self, cx) -> tuple[float, ...]:
+        """Objective values of a network that was never scored: accuracy 0, latency infinite."""
+        values = {"val_accuracy": 0.0, "latency_ms": math.inf, "params": cx.params, "macs": cx.macs}
+        return tuple(values[o] for o in self.cfg.objectives)
+
+    def _out_of_memory(self, trial: optuna.Trial, cx, reason: str):
+        """Record a network that did not fit as infeasible on this device (values, metrics, tags)."""
+        trial.set_user_attr("outcome", OUT_OF_MEMORY)
+        trial.set_user_attr("device", self.device_key)
+        trial.set_user_attr("fail_reason", reason[:2000])
+        trial.set_constraint("out_of_memory", 1.0)
+        self.progress.note(f"out of memory on {self.device_key}: recorded as infeasible, never tried again here")
+        return (self._placeholder(cx), {"params": cx.params, "macs": cx.macs},
+                {"state": "infeasible", "outcome": OUT_OF_MEMORY, "failure": "out_of_memory",
+                 "fail_reason": reason[:5000], "device": self.device_key})
+
+    def _evaluate(self, trial: optuna.Trial, spec: NetSpec, cx):
+        """Returns (objective values, final metrics, per-epoch series, tags)."""
+        cfg = self.cfg
+        known = {"params": cx.params, "macs": cx.macs}
+        over = []
+        for key, metric in STATIC.items():
+            bound = getattr(cfg.constraints, key)
+            if bound is not None:
+                trial.set_constraint(key, known[metric] - bound)
+                if known[metric] > bound:
+                    over.append(f"{metric} {known[metric]:,} > {bound:,.0f}")
+        if over:  # never built: the sampler still learns the region is infeasible
+            trial.set_user_attr("outcome", OVER_BUDGET)
+            self.progress.note(f"over budget ({', '.join(over)}): skipped, never built")
+            return self._placeholder(cx), known, {}, {"state": "infeasible", "outcome": OVER_BUDGET,
+                                                      "skipped": "; ".join(over)}
+
+        twin = self._twin(trial, spec.hash)
+        if twin is not None:  # the study already has this network's result: reuse it, do not retrain
+            outcome = twin.user_attrs.get("outcome", TRAINED)
+            trial.set_user_attr("outcome", REUSED if outcome == TRAINED else outcome)
+            trial.set_user_attr("reused_from", twin.number)
+            for key in ("seed", "threads", "metrics", "device"):
+                if key in twin.user_attrs:
+                    trial.set_user_attr(key, twin.user_attrs[key])
+            for key, value in twin.constraints.items():
+                if key not in STATIC:  # the static ones are set above, from the same spec
+                    trial.set_constraint(key, value)
+            metrics = dict(twin.user_attrs.get("metrics", known))
+            what = "result reused" if outcome == TRAINED else "out of memory there: skipped"
+            self.progress.note(f"same network as trial {twin.number}: {what}")
+            return tuple(twin.values), metrics, {}, {"state": "reused", "outcome": REUSED,
+                                                     "reused_from": twin.number}
+
+        seed = trial_seed(cfg.search.seed, trial.number)
+
+        def on_epoch(record) -> None:
+            self.progress.epoch(record)
+            trial.set_user_attr("epochs_done", record.epoch)
+
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("threads", torch.get_num_threads())
+        trial.set_user_attr("epochs_done", 0)  # training has begun (watchers and tests read this)
+        model, result = build_and_train(spec, self.splits, cfg.train, self.device, seed, on_epoch)
+        metrics = {**known, "val_accuracy": result.val_accuracy, "train_time_s": result.train_time_s,
+                   "train_loss": result.history[-1].train_loss, "epochs": len(result.history)}
+        tags = {"state": "complete", "outcome": TRAINED, "seed": seed}
+        if cfg.latency.enabled:
+            lat = measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, self.latency_device,
+                                  bf16=cfg.train.bf16, channels_last=cfg.train.channels_last)
+            metrics.update(latency_ms=lat.median_ms, latency_p10_ms=lat.p10_ms,
+                           latency_p90_ms=lat.p90_ms, latency_cv=lat.cv)
+            tags.update({f"latency.{k}": v for k, v in lat.protocol.items()})
+            if cfg.constraints.max_latency_ms is not None:
+                trial.set_constraint("max_latency_ms", lat.median_ms - cfg.constraints.max_latency_ms)
+        trial.set_user_attr("metrics", metrics)
+        # the learning curve lives in user attributes, never in Optuna's intermediate values (which a
+        # multi-objective study refuses, and which make TPE fail on pruned trials)
+        trial.set_user_attr("curve", {"val_accuracy": [r.val_accuracy for r in result.history],
+                                      "train_loss": [r.train_loss for r in result.history],
+                                      "elapsed_s": [r.elapsed_s for r in result.history]})
+        trial.set_user_attr("outcome", TRAINED)
+        series = {"val_accuracy": [r.val_accuracy for r in result.history],
+                  "train_loss": [r.train_loss for r in result.history]}
+        return tuple(metrics[o] for o in cfg.objectives), metrics, series, tags
+
+    def _twin(self, trial: optuna.Trial, spec_hash: str):
+        """The first completed trial that trained this network, or found it out of memory on this device."""
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("spec_hash") != spec_hash:
+                continue
+            outcome = t.user_attrs.get("outcome", TRAINED)
+            if outcome == TRAINED or (outcome == OUT_OF_MEMORY and t.user_attrs.get("device") == self.device_key
+                                      and "reused_from" not in t.user_attrs):
+                return t
+        return None

@@ -1,0 +1,186 @@
+"""What a study has found: its trials as rows, the Pareto front, the hypervolume, the parent run's artifacts.
+
+Every completed trial has an ``outcome``: ``trained`` (a network trained to completion: the only
+kind ``search.n_trials`` counts and the only kind on the front), ``reused`` (a network the
+study had already trained: its result is copied, nothing runs), ``over_budget`` (over a
+static budget: never built) or ``out_of_memory`` (did not fit on the device: infeasible).
+Failed trials are Optuna's FAIL state.
+
+The hypervolume is measured against a reference point fixed when the study starts
+(``hv_reference``) and recorded on the study, so a value never changes once logged and
+values of one study are comparable across trials, resumes and reports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import TrialState
+
+from search.config import ExperimentConfig
+from search.pareto import hypervolume, hypervolume_history, non_dominated, to_losses
+from search.tracking import Tracker
+
+TRAINED, REUSED, OVER_BUDGET, OUT_OF_MEMORY = "trained", "reused", "over_budget", "out_of_memory"
+OUTCOMES = (TRAINED, REUSED, OVER_BUDGET, OUT_OF_MEMORY)
+STATIC = {"max_params": "params", "max_macs": "macs"}  # constraints known before building
+REF_MARGIN = 1.1  # the reference point lies this far beyond the largest cost the study can see
+LATENCY_HEADROOM = 2.0  # ... and latency, measured (noisy), this much beyond the largest network's
+
+
+@dataclass
+class Row:
+    """One completed trial as the Pareto code and the tables see it."""
+
+    number: int
+    values: dict[str, float]
+    feasible: bool
+    spec: dict
+    attrs: dict
+
+    @property
+    def outcome(self) -> str:
+        return self.attrs.get("outcome", TRAINED)
+
+    @classmethod
+    def from_trial(cls, t: optuna.trial.FrozenTrial, objectives: tuple[str, ...]) -> Row:
+        return cls(t.number, dict(zip(objectives, t.values, strict=True)),
+                   all(v <= 0 for v in t.constraints.values()), t.user_attrs.get("spec", {}), t.user_attrs)
+
+
+def finished_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[Row]:
+    """Every completed trial, whatever its outcome, in trial order."""
+    return [Row.from_trial(t, objectives) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
+def trained_rows(rows: list[Row]) -> list[Row]:
+    """The feasible trained networks, one row per network (the first trial that trained it)."""
+    seen, out = set(), []
+    for r in sorted(rows, key=lambda r: r.number):
+        h = r.attrs.get("spec_hash")
+        if r.outcome == TRAINED and r.feasible and h not in seen:
+            seen.add(h)
+            out.append(r)
+    return out
+
+
+def pareto_rows(rows: list[Row], directions: list[str]) -> list[Row]:
+    """The feasible Pareto front: non-dominated trained networks, one row per network."""
+    candidates = trained_rows(rows)
+    keep = non_dominated([to_losses(list(r.values.values()), directions) for r in candidates])
+    return [candidates[i] for i in keep]
+
+
+def front_table(front: list[Row], objectives: tuple[str, ...]) -> list[dict]:
+    """The front as table rows (``pareto_rows`` gives one row per network)."""
+    return [{"trial": r.number, "name": r.attrs.get("spec_name", ""), **r.values,
+             **{k: r.attrs.get(k) for k in ("params", "macs") if k not in r.values}, "hash": r.attrs.get("spec_hash")}
+            for r in sorted(front, key=lambda r: r.number)]
+
+
+def outcome_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by outcome: trained, reused, over_budget, out_of_memory, failed, running."""
+    counts = dict.fromkeys((*OUTCOMES, "failed", "running"), 0)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)):
+        if t.state == TrialState.COMPLETE:
+            counts[t.user_attrs.get("outcome", TRAINED)] += 1
+        else:
+            counts["failed" if t.state == TrialState.FAIL else "running"] += 1
+    return counts
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """``12 trained, 3 reused, 4 over budget, 0 out of memory, 1 failed``."""
+    return ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in (*OUTCOMES, "failed"))
+
+
+# -- hypervolume ----------------------------------------------------------------------------------
+
+def hv_reference(cfg: ExperimentConfig, largest_latency_ms: float | None = None) -> dict[str, float]:
+    """The hypervolume reference point of a study, in each objective's own unit.
+
+    Accuracy is measured from 0. A cost's reference is ``REF_MARGIN`` times its largest
+    possible value: the budget when there is one, else the largest network of the space
+    (analytic params/MACs; for latency, ``LATENCY_HEADROOM`` times the measured latency of the
+    space's largest network, ``largest_latency_ms``).
+    """
+    _, hi = cfg.space.complexity_range()
+    ref = {}
+    for o in cfg.objectives:
+        if o == "val_accuracy":
+            ref[o] = 0.0
+        elif o in ("params", "macs"):
+            bound = getattr(cfg.constraints, f"max_{o}")
+            ref[o] = REF_MARGIN * min(getattr(hi, o), bound if bound is not None else float("inf"))
+        elif cfg.constraints.max_latency_ms is not None:
+            ref[o] = REF_MARGIN * cfg.constraints.max_latency_ms
+        else:
+            if largest_latency_ms is None:
+                raise ValueError("latency_ms without max_latency_ms needs the largest network's latency")
+            ref[o] = REF_MARGIN * LATENCY_HEADROOM * largest_latency_ms
+    return ref
+
+
+def _point(values: dict[str, float], ref: dict[str, float]) -> list[float]:
+    """Normalised losses: -accuracy (reference 0) and cost / reference (reference 1)."""
+    return [-values[o] if o == "val_accuracy" else values[o] / ref[o] for o in ref]
+
+
+def _ref_point(ref: dict[str, float]) -> list[float]:
+    return [0.0 if o == "val_accuracy" else 1.0 for o in ref]
+
+
+def study_hypervolume(front: list[Row], ref: dict[str, float]) -> float:
+    """Hypervolume of ``front`` against ``ref`` in normalised units (1 = every point ideal)."""
+    return hypervolume([_point(r.values, ref) for r in front], _ref_point(ref))
+
+
+def hypervolume_by_trial(rows: list[Row], ref: dict[str, float]) -> list[tuple[int, float]]:
+    """(trial number, hypervolume of the front once that trial had finished), in trial order."""
+    rows = sorted(rows, key=lambda r: r.number)
+    counted = {id(r) for r in trained_rows(rows)}
+    origin = _ref_point(ref)
+    points = [_point(r.values, ref) if id(r) in counted else origin for r in rows]  # origin adds nothing
+    return list(zip((r.number for r in rows), hypervolume_history(points, origin), strict=True))
+
+
+# -- the study as a whole ---------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    """A study's state: its completed rows, its front and its counts by outcome."""
+
+    study: optuna.Study
+    front: list[Row]
+    rows: list[Row]
+    parent_id: str | None
+    tracker: Tracker
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def summarize(study: optuna.Study, cfg: ExperimentConfig, tracker: Tracker, parent_id: str | None) -> Summary:
+    rows = finished_rows(study, cfg.objectives)
+    return Summary(study, pareto_rows(rows, cfg.directions), rows, parent_id, tracker, outcome_counts(study))
+
+
+def log_study_artifacts(summary: Summary, cfg: ExperimentConfig) -> None:
+    """Pareto table (CSV + JSON), plots and the counts by outcome on the parent run."""
+    tracker, parent = summary.tracker, summary.parent_id
+    if parent is None:
+        return
+    table = front_table(summary.front, cfg.objectives)
+    tracker.log_text(parent, json.dumps(table, indent=2), "pareto.json")
+    if table:
+        cols = list(table[0])
+        tracker.log_text(parent, "\n".join([",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in table]),
+                         "pareto.csv")
+    tracker.log(parent, metrics={**{f"trials_{k}": v for k, v in summary.counts.items() if k != "running"},
+                                 "pareto_size": len(table)})
+    from search.plots import close, pareto_figures
+
+    figures = pareto_figures(summary.rows, summary.front, cfg.objectives)
+    for name, fig in figures.items():
+        tracker.log_figure(parent, fig, name)
+    close(figures)  # pyplot keeps every figure alive until closed

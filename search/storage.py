@@ -1,0 +1,223 @@
+"""Where a study lives: the Optuna storage, the study itself, its recipe and its sampler.
+
+A study is one recipe. ``recipe(cfg)`` lists everything that changes a trial's result (the
+space, objectives, constraints, data, every training setting, the latency protocol, the device
+type, the study seed); it is recorded on the study when the study is made, and a later run
+with another recipe is refused with the fields that differ. What may change between runs of
+one study: ``RESUMABLE``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+
+from search.config import ExperimentConfig
+from search.errors import error_line, redact
+from space.errors import SpecError
+
+LOST_AFTER = 4  # missed heartbeats after which a running trial is declared lost (RDB storages)
+# settings that may change when a study is resumed: they decide how much is run, where and how it
+# is watched, never what a trial's result is
+RESUMABLE = ("search.n_trials", "search.timeout_s", "search.sampler", "search.storage",
+             "search.max_consecutive_failures", "search.heartbeat_s", "train.threads", "--workers", "tracking.*")
+
+
+def device_type(name: str) -> str:
+    """``cpu`` or ``cuda``: the kind of device a device name means on this machine (no error)."""
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name.split(":")[0]
+
+
+def recipe(cfg: ExperimentConfig) -> dict:
+    """Everything that changes a trial's result, as a flat ``{dotted.key: value}`` mapping.
+
+    Not in it: ``RESUMABLE`` (how much is run and where) and the data's ``root``/``download``
+    (where files come from). The device enters as its type (``cpu``/``cuda``): the same
+    study may move between GPUs, not between a GPU and the CPU.
+    """
+    train = {k: v for k, v in vars(cfg.train).items() if k not in ("device", "threads")}
+    latency = {k: v for k, v in vars(cfg.latency).items() if k != "device"}
+    lat_device = cfg.train.device if cfg.latency.device == "train" else cfg.latency.device
+    tree = {
+        "space": cfg.space.to_dict(),
+        "objectives": list(cfg.objectives),
+        "constraints": vars(cfg.constraints),
+        "data": {k: v for k, v in vars(cfg.data).items() if k not in ("root", "download")},
+        "train": {**train, "device_type": device_type(cfg.train.device)},
+        "latency": {**latency, "device_type": device_type(lat_device)},
+        "search": {"seed": cfg.search.seed},
+    }
+    flat: dict = {}
+
+    def walk(prefix: str, node) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = list(node) if isinstance(node, tuple) else node
+    walk("", tree)
+    return json.loads(json.dumps(flat, default=str))  # as it reads back from any storage
+
+
+def fingerprint(rec: dict) -> str:
+    """A short hash of a recipe (``recipe(cfg)``): equal recipes, equal fingerprints."""
+    return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recipe_diff(recorded: dict, current: dict) -> list[str]:
+    """``key: recorded -> current`` for every field that differs, in key order."""
+    keys = sorted(set(recorded) | set(current))
+    missing = "(absent)"
+    return [f"{k}: {recorded.get(k, missing)!r} (study) vs {current.get(k, missing)!r} (now)"
+            for k in keys if recorded.get(k, missing) != current.get(k, missing)]
+
+
+def _experimental(fn, *args, **kwargs):
+    """Call an Optuna constructor whose options we use on purpose while still experimental."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return fn(*args, **kwargs)
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the PostgreSQL driver that is installed.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; the ``postgres`` extra installs
+    psycopg2, so use it when it is the one there.
+    """
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def open_storage(url: str, heartbeat_s: int = 30, on_stale: Callable | None = None):
+    """An Optuna storage for ``url``: journal file or RDB (sqlite/postgresql/mysql).
+
+    Args:
+        url: ``journal:PATH`` (Optuna's journal file: several processes of one machine),
+            ``postgresql://...`` (several machines) or ``sqlite:///PATH`` (one process).
+        heartbeat_s: RDB storages only: a running trial records a heartbeat this often and is
+            declared lost after ``LOST_AFTER`` missed ones.
+        on_stale: RDB storages only: called with (study, trial) for each trial Optuna itself
+            fails for missed heartbeats (``reap_lost_trials`` usually gets there first).
+    """
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url[len("journal:"):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return _experimental(optuna.storages.RDBStorage, _with_driver(url), heartbeat_interval=heartbeat_s,
+                             grace_period=LOST_AFTER * heartbeat_s, heartbeat_stale_trial_callback=on_stale)
+    except Exception as e:
+        raise SpecError(f"cannot open the study storage {redact(url)}: "
+                        f"{error_line(e)}; check the URL, the server and its "
+                        "driver (postgresql needs psycopg2: pip install 'resnext-nas[postgres]')") from None
+
+
+def make_sampler(cfg: ExperimentConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded (``seed`` overrides ``search.seed``).
+
+    Constraints reach TPE and NSGA-II via ``set_constraint``; TPE's constant liar keeps
+    parallel workers from proposing what another worker is already training.
+    """
+    s, n = cfg.search, cfg.search.n_trials
+    seed = s.seed if seed is None else seed
+    if s.sampler == "tpe":
+        return _experimental(optuna.samplers.TPESampler, seed=seed, n_startup_trials=min(10, max(3, n // 3)),
+                             multivariate=True, group=True, constant_liar=True)
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n // 4)))
+    if s.sampler == "grid":
+        return optuna.samplers.GridSampler(cfg.space.grid(), seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def sampler_seed(study_seed: int, salt: str) -> int:
+    """A sampler seed of its own for a resumed study or one more worker (same seed, same draws)."""
+    return int(hashlib.sha256(f"{study_seed}:sampler:{salt}".encode()).hexdigest()[:8], 16)
+
+
+def _check_recipe(study: optuna.Study, cfg: ExperimentConfig, url: str) -> None:
+    recorded = study.user_attrs.get("recipe")
+    if recorded is None:
+        if "fingerprint" in study.user_attrs:  # made by a version that recorded less
+            raise SpecError(f"study '{study.study_name}' in {redact(url)} was made by an older resnext-nas that "
+                            "did not record its full recipe, so its results cannot be checked against this one; "
+                            "start a new study: --set search.study_name=NEW")
+        return
+    diff = recipe_diff(recorded, recipe(cfg))
+    if diff:
+        raise SpecError(
+            f"study '{study.study_name}' in {redact(url)} was run with another recipe, and results are only "
+            f"comparable within one: " + "; ".join(diff) + ". Run the new recipe as a new study "
+            "(--set search.study_name=NEW) or undo the change; what may change on resume: "
+            + ", ".join(RESUMABLE)
+        )
+
+
+def find_study(cfg: ExperimentConfig, storage_url: str | None = None, *,
+               on_stale: Callable | None = None) -> optuna.Study | None:
+    """The experiment's study if the storage has one (its recipe checked), else None; creates nothing.
+
+    Raises:
+        SpecError: the storage cannot be opened, or the study was run with another recipe.
+    """
+    url = storage_url or cfg.storage_url
+    if url.startswith("journal:") and not Path(url[len("journal:"):]).is_file():
+        return None  # nothing there yet (and opening would create the file)
+    storage = open_storage(url, cfg.search.heartbeat_s, on_stale)
+    try:
+        study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=make_sampler(cfg))
+    except KeyError:
+        return None
+    except Exception as e:
+        raise SpecError(f"cannot read the study storage {redact(url)}: {error_line(e)}") from None
+    _check_recipe(study, cfg, url)
+    return study
+
+
+def load_study(cfg: ExperimentConfig, storage_url: str | None = None, *,
+               on_stale: Callable | None = None) -> optuna.Study:
+    """The experiment's existing study (recipe checked); a clear error when there is none."""
+    study = find_study(cfg, storage_url, on_stale=on_stale)
+    if study is None:
+        raise SpecError(f"no study '{cfg.study_name}' in {redact(storage_url or cfg.storage_url)}; "
+                        "run `resnext-nas search` first")
+    return study
+
+
+def create_study(cfg: ExperimentConfig, storage_url: str | None, attrs: dict, *,
+                 on_stale: Callable | None = None) -> optuna.Study:
+    """Make the experiment's study, recording its recipe, fingerprint, objective names and ``attrs``.
+
+    Call it only after every check has passed (``find_study`` returned None): what it
+    writes stays.
+    """
+    url = storage_url or cfg.storage_url
+    storage = open_storage(url, cfg.search.heartbeat_s, on_stale)
+    study = optuna.create_study(storage=storage, study_name=cfg.study_name, directions=cfg.directions,
+                                sampler=make_sampler(cfg), load_if_exists=True)
+    if "recipe" in study.user_attrs:  # another process made it meanwhile
+        _check_recipe(study, cfg, url)
+        return study
+    rec = recipe(cfg)
+    _experimental(study.set_metric_names, list(cfg.objectives))  # named in optuna-dashboard
+    for key, value in {"recipe": rec, "fingerprint": fingerprint(rec), "objectives": list(cfg.objectives),
+                       **attrs}.items():
+        study.set_user_attr(key, value)
+    return study
