@@ -6,6 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from benchmarks.pareto import old_hypervolume, old_non_dominated  # the pre-numpy code, kept as the baseline
 from search.pareto import dominates, hypervolume, hypervolume_history, knee, non_dominated, pick, to_losses
 
 # ---- plain references: the old implementations and exact volumes by other means ----
@@ -14,28 +15,6 @@ from search.pareto import dominates, hypervolume, hypervolume_history, knee, non
 def brute_front(points):
     return [i for i, p in enumerate(points)
             if not any(all(a <= b for a, b in zip(q, p, strict=True)) and q != p for q in points)]
-
-
-def old_non_dominated(losses):
-    """The O(n^2) filter this module had before numpy."""
-    return [i for i, p in enumerate(losses) if not any(dominates(q, p) for q in losses)]
-
-
-def old_hypervolume(losses, ref):
-    """The recursive HSO this module had before numpy (exact on ints: it keeps Python numbers)."""
-    pts = [tuple(p) for p in losses if all(x < r for x, r in zip(p, ref, strict=True))]
-    if not pts:
-        return 0.0
-    if len(ref) == 1:
-        return ref[0] - min(p[0] for p in pts)
-    pts = [pts[i] for i in old_non_dominated(pts)]
-    pts.sort(key=lambda p: p[-1])
-    volume = 0.0
-    for i, p in enumerate(pts):
-        top = pts[i + 1][-1] if i + 1 < len(pts) else ref[-1]
-        if top > p[-1]:
-            volume += (top - p[-1]) * old_hypervolume([q[:-1] for q in pts[: i + 1]], ref[:-1])
-    return volume
 
 
 def inclusion_exclusion(losses, ref):
