@@ -18,7 +18,7 @@ import time
 from benchmarks._report import footer, load_average
 
 # in the order they run; each takes --quick
-BENCHMARKS = ("complexity", "pareto", "trainer", "overhead", "latency", "datapath", "memory", "gpu")
+BENCHMARKS = ("complexity", "pareto", "trainer", "overhead", "latency", "datapath", "memory", "gpu", "scale", "report")
 
 
 def main(argv: list[str] | None = None) -> int:

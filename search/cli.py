@@ -149,12 +149,60 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from search.export import export_best
+    from search.export import export_best, export_onnx
 
+    if args.onnx and not args.weights:
+        raise SpecError("--onnx needs trained weights (an export holds only the architecture): export without "
+                        f"--onnx, train it with `resnext-nas evaluate {args.experiment} {args.out} --weights "
+                        "w.safetensors`, then rerun this with --weights w.safetensors")
     cfg = _experiment(args)
     doc = export_best(cfg, args.pick, args.out, args.storage)
     print(f"wrote {args.out}: {doc['name']} from trial {doc['provenance']['trial']} "
           f"({doc['complexity']['params']:,} params)")
+    if args.onnx:
+        rep = export_onnx(args.weights, args.onnx, exported=args.out)
+        print(f"wrote {rep['path']}: ONNX graph (opset {rep['opset']}, input {rep['input']}, output logits); "
+              f"onnxruntime {rep['onnxruntime']} vs PyTorch: max abs diff {rep['max_abs_diff']:.2e} "
+              f"(tolerance {rep['atol']:g})")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from search.export import classify, load_model
+
+    if args.top < 1:
+        raise SpecError(f"--top must be at least 1, got {args.top}")
+    model, prep = load_model(args.model, args.weights)
+    rows = []
+    for image in args.images:
+        tops = classify(model, prep, image, args.top)  # a .npy may hold a batch: one row per image
+        for i, top in enumerate(tops):
+            name = image if len(tops) == 1 else f"{image}[{i}]"
+            row = {"image": name, "class": top[0][0], "probability": f"{top[0][1]:.4f}"}
+            if args.top > 1:
+                row[f"top-{len(top)}"] = ", ".join(f"{c} {p:.4f}" for c, p in top)
+            rows.append(row)
+    print_table(rows)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from search.config import load_experiment
+    from search.report import collect, default_out, unique_labels, write_report
+    from search.storage import load_study
+
+    storages = args.storage or []
+    if len(storages) > 1 and len(storages) != len(args.experiments):
+        raise SpecError(f"report: {len(storages)} --storage values for {len(args.experiments)} experiments; give "
+                        "one (used for all) or one per experiment, in the same order")
+    cfgs = [load_experiment(e, list(args.set)) for e in args.experiments]
+    urls = [storages[0] if len(storages) == 1 else storages[i] if storages else None for i in range(len(cfgs))]
+    studies = [load_study(cfg, url) for cfg, url in zip(cfgs, urls, strict=True)]
+    labels = unique_labels([c.study_name for c in cfgs], args.experiments)
+    datas = [collect(s, c, e, label) for s, c, e, label in zip(studies, cfgs, args.experiments, labels, strict=True)]
+    out = write_report(datas, args.out or default_out(labels))
+    what = f"study '{labels[0]}'" if len(datas) == 1 else f"{len(datas)} studies ({', '.join(labels)})"
+    print(f"wrote {out}: the report of {what}; open it in a browser (works offline)")
     return 0
 
 
@@ -175,13 +223,110 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_ui(args) -> int:
-    from search.tracking import _abs_sqlite
+def cmd_confirm(args) -> int:
+    from search.confirm import confirm_front
 
-    uri = _abs_sqlite(args.tracking_uri or "sqlite:///mlruns/mlflow.db")
+    cfg = _experiment(args)
+    _tune(cfg.train.threads)
+    result = confirm_front(cfg, seeds=args.seeds, top=args.top, storage_url=args.storage, quiet=args.quiet)
+    rows = []
+    for number, e in result.entries.items():
+        row = {"network": e["name"], "trial": number, "seeds": len(e["seeds"]),
+               "val_accuracy (mean ± sd)": f"{e['mean']:.4f} ± {e['sd']:.4f}"}
+        if result.latency:
+            row["latency_ms (mean ± sd)"] = f"{e['latency_ms_mean']:.3f} ± {e['latency_ms_sd']:.3f}"
+        row.update({k: v for k, v in result.values[number].items() if k in ("params", "macs")})
+        row["robust"] = "yes" if e["robust"] else "no"
+        rows.append(row)
+    robust = sum(e["robust"] for e in result.entries.values())
+    print(f"study '{cfg.study_name}': {len(result.chosen)} networks confirmed with {args.seeds} seeds each "
+          f"({result.trained} trained now); {robust} of {len(rows)} confirmed front points are robust "
+          "(no other confirmed point beats them by more than one sd)")
+    print_table(rows)
+    if result.left_front:
+        print(f"confirmed earlier but no longer on the front: trials {', '.join(map(str, result.left_front))}")
+    if result.failed:
+        print(f"{len(result.failed)} retrainings failed (not recorded; rerun to try them again)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_studies(args) -> int:
+    from search.config import DEFAULT_STORAGE
+    from search.housekeeping import list_studies
+
+    url = args.storage or DEFAULT_STORAGE
+    infos = list_studies(url)
+    if not infos:
+        print(f"no studies in {redact(url)}")
+        return 0
+    rows = []
+    for i in infos:
+        best = ", ".join(f"{o} {human(v) if o in ('params', 'macs') else f'{v:.4g}'}" for o, v in i.best.items())
+        rows.append({"study": i.name, "trained": i.counts["trained"], "reused": i.counts["reused"],
+                     "over budget": i.counts["over_budget"], "out of memory": i.counts["out_of_memory"],
+                     "failed": i.counts["failed"], "running": i.counts["running"], "front": i.front,
+                     "confirmed": i.confirmed, "best on the front": best or "-",
+                     "last activity": i.last_activity.strftime("%Y-%m-%d %H:%M") if i.last_activity else "-"})
+    print(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'} in {redact(url)}")
+    print_table(rows)
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from search.config import DEFAULT_STORAGE
+    from search.housekeeping import DEFAULT_TRACKING, delete_study
+
+    url, uri = args.storage or DEFAULT_STORAGE, args.tracking_uri or DEFAULT_TRACKING
+
+    def confirm(plan) -> bool:
+        runs = (f"{len(plan.runs)} MLflow runs in experiment '{plan.experiment}'" if plan.runs
+                else "no MLflow runs") + f" ({plan.tracking or redact(uri)})"
+        print(f"study '{plan.name}' in {redact(url)}: {plan.trials} trials; {runs}")
+        if plan.running:
+            print(f"warning: {plan.running} of its trials are RUNNING: a worker may still be training them",
+                  file=sys.stderr)
+        if args.yes:
+            return True
+        try:
+            typed = input(f"type the study name ({plan.name}) to delete it: ")
+        except EOFError:
+            typed = ""
+        return typed.strip() == plan.name
+
+    plan = delete_study(args.name, url, uri, confirm=confirm)
+    if not plan.done:
+        print("not confirmed: nothing deleted", file=sys.stderr)
+        return 1
+    print(f"deleted study '{plan.name}' ({plan.trials} trials) and {len(plan.runs)} MLflow runs (in MLflow's "
+          "trash until `mlflow gc`)")
+    if plan.experiment:
+        print(f"MLflow experiment '{plan.experiment}' kept ({plan.runs_left} runs of other studies left"
+              "; a deleted experiment's name cannot be made again, so it stays for the next study)")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from search.tracking import _abs_sqlite, dashboard_links, quiet_mlflow
+
+    quiet_mlflow()
+    experiment = study = None
+    if args.experiment:
+        cfg = _experiment(args)
+        uri, experiment, study = cfg.tracking.uri, cfg.tracking.experiment or cfg.name, cfg.study_name
+    else:
+        uri = args.tracking_uri or "sqlite:///mlruns/mlflow.db"
+    uri = _abs_sqlite(uri)
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     url = f"http://{args.host}:{args.port}"
-    print(f"MLflow dashboard on {url} (store {uri}); Ctrl-C stops it", flush=True)
+    links = dashboard_links(uri, url, experiment, study)
+    print(f"MLflow dashboard on {url} (store {redact(uri)}); Ctrl-C stops it", flush=True)
+    for link in links:
+        print(f"\n{link.experiment} / study {link.study}: {link.front_size} networks on the Pareto front, "
+              f"{link.trials} trial runs\n  Pareto front: {link.front}\n  all trials:   {link.all_trials}\n"
+              f"  report:       {link.report}", flush=True)
+    if not links:
+        print("no study in this store yet: run `resnext-nas search EXP.yaml`", flush=True)
     cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     proc = subprocess.Popen(cmd)
 
@@ -247,6 +392,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--pick", default="knee",
                    help="knee | max-accuracy | min-latency | min-params | min-macs | 'params<=1e6'")
     s.add_argument("--out", required=True, help="output YAML path")
+    s.add_argument("--onnx", metavar="PATH", help="also write the trained network as an ONNX graph (needs --weights), "
+                                                  "checked against PyTorch with onnxruntime")
+    s.add_argument("--weights", metavar="W", help="the network's trained weights (`evaluate --weights W`), for --onnx")
+
+    s = sub.add_parser("report", help="one self-contained HTML report of a study; several experiments: compare")
+    s.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="experiment YAML file(s)")
+    s.add_argument("--out", help="HTML file (default mlruns/reports/<study>.html, or compare_<a>_<b>.html)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key in every experiment, e.g. --set search.study_name=x (repeatable)")
+    s.add_argument("--storage", action="append", metavar="URL",
+                   help="Optuna storage URL (default: search.storage); once for all or once per experiment")
+    s.set_defaults(fn=cmd_report)
 
     s = experiment_cmd("evaluate", "retrain an exported network and report its test accuracy", cmd_evaluate,
                        False)
@@ -254,8 +411,36 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=float, help="training epochs (default: train.epochs of the experiment)")
     s.add_argument("--weights", help="save the trained weights to this .safetensors file")
 
-    s = sub.add_parser("ui", help="open the MLflow dashboard on the tracking store")
-    s.add_argument("--tracking-uri", help="default sqlite:///mlruns/mlflow.db")
+    s = sub.add_parser("predict", help="classify image files with a trained exported network")
+    s.add_argument("model", help="weights written by `evaluate --weights` (self-contained), or the export YAML "
+                                 "with --weights")
+    s.add_argument("images", nargs="+", help="PNG/JPEG/... files (read with PIL) or .npy arrays (HxW, HxWxC, "
+                                             "CxHxW, or a batch; uint8 = 8-bit, other dtypes = the training scale)")
+    s.add_argument("--weights", help="the trained weights of the export YAML given as MODEL")
+    s.add_argument("--top", type=int, default=1, metavar="K", help="also list the K most probable classes")
+    s.set_defaults(fn=cmd_predict)
+
+    s = experiment_cmd("confirm", "retrain the front's networks with more seeds; mean ± sd and which points "
+                                  "stay non-dominated", cmd_confirm)
+    s.add_argument("--seeds", type=int, default=3, help="results per network, the trial's own included (default 3)")
+    s.add_argument("--top", type=int, metavar="K", help="only the K front points closest to the knee")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    s = sub.add_parser("studies", help="list the studies of a storage: counts, front, best values, last activity")
+    s.add_argument("--storage", help="Optuna storage URL (default journal:mlruns/optuna.journal)")
+    s.set_defaults(fn=cmd_studies)
+
+    s = sub.add_parser("delete", help="delete a study and its MLflow runs (asks for its name first)")
+    s.add_argument("name", help="the study's name (`resnext-nas studies` lists them)")
+    s.add_argument("--storage", help="Optuna storage URL (default journal:mlruns/optuna.journal)")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)")
+    s.add_argument("--yes", action="store_true", help="do not ask")
+    s.set_defaults(fn=cmd_delete)
+
+    s = sub.add_parser("ui", help="open the MLflow dashboard on the tracking store; print each study's links")
+    s.add_argument("experiment", nargs="?", help="only this experiment's study (its tracking.uri is the store)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of EXPERIMENT")
+    s.add_argument("--tracking-uri", help="default sqlite:///mlruns/mlflow.db (or EXPERIMENT's tracking.uri)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     s.add_argument("--port", type=int, default=5000)
     s.set_defaults(fn=cmd_ui)

@@ -36,22 +36,48 @@ class DatasetInfo:
         num_classes: number of classes.
         size: default input size in pixels (the native size, except digits: 8 -> 16).
         flip: horizontal flips keep the label (False for digits, where a flip changes them).
+        classes: the name of each class, in label order (empty: unnamed).
     """
 
     in_ch: int
     num_classes: int
     size: int
     flip: bool
+    classes: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.classes and len(self.classes) != self.num_classes:
+            raise SpecError(f"DatasetInfo: {len(self.classes)} class names for {self.num_classes} classes")
+
+
+# class names in label order: torchvision's for the torchvision datasets (CIFAR-100: the fine
+# labels of the archive's `meta` file), the digit for digit datasets (SVHN's label 10 is stored as 0)
+DIGIT_NAMES = tuple(str(i) for i in range(10))
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_NAMES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+FASHIONMNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot")
+SYNTHETIC_NAMES = ("horizontal_stripes", "vertical_stripes", "checkers", "rings")  # the patterns of _synthetic
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(1, 10, 16, False),  # sklearn's bundled 8x8 digits, upsampled to 16
-    "synthetic": DatasetInfo(3, 4, 16, True),  # generated, for tests
-    "cifar10": DatasetInfo(3, 10, 32, True),
-    "cifar100": DatasetInfo(3, 100, 32, True),
-    "mnist": DatasetInfo(1, 10, 28, False),
-    "fashionmnist": DatasetInfo(1, 10, 28, True),
-    "svhn": DatasetInfo(3, 10, 32, False),
+    "digits": DatasetInfo(1, 10, 16, False, DIGIT_NAMES),  # sklearn's bundled 8x8 digits, upsampled to 16
+    "synthetic": DatasetInfo(3, 4, 16, True, SYNTHETIC_NAMES),  # generated, for tests
+    "cifar10": DatasetInfo(3, 10, 32, True, CIFAR10_NAMES),
+    "cifar100": DatasetInfo(3, 100, 32, True, CIFAR100_NAMES),
+    "mnist": DatasetInfo(1, 10, 28, False, DIGIT_NAMES),
+    "fashionmnist": DatasetInfo(1, 10, 28, True, FASHIONMNIST_NAMES),
+    "svhn": DatasetInfo(3, 10, 32, False, DIGIT_NAMES),
 }
 
 DIGITS_TEST_FRACTION = 0.2  # digits has no test set: this stratified share is held out for it
@@ -355,6 +381,17 @@ def load_splits(cfg: DataConfig, device: torch.device) -> Splits:
     )
 
 
+def train_statistics(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The train split's per-channel mean/std of the resized images, as ``load_splits`` normalises with.
+
+    Computed on the CPU from the dataset's files (the same source, split and resize as a study's).
+    """
+    x, y = load_source(cfg, train=True)
+    train_idx, _ = split_indices(y, cfg)
+    mean, std = _channel_stats(_to_device(x[train_idx], cfg.size, torch.device("cpu")))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
 def load_test(cfg: DataConfig, device: torch.device,
               splits: Splits | None = None) -> tuple[Tensor, Tensor]:
     """The dataset's test set, resized and normalised as ``load_splits`` does the train split.
@@ -366,13 +403,8 @@ def load_test(cfg: DataConfig, device: torch.device,
         device: where to put the tensors.
         splits: the study's splits, to reuse their mean/std; None recomputes them from cfg.
     """
-    if splits is None:
-        x, y = load_source(cfg, train=True)
-        train_idx, _ = split_indices(y, cfg)
-        mean, std = _channel_stats(_to_device(x[train_idx], cfg.size, device))
-    else:
-        mean = torch.tensor(splits.mean, device=device)
-        std = torch.tensor(splits.std, device=device)
+    stats = train_statistics(cfg) if splits is None else (splits.mean, splits.std)
+    mean, std = (torch.tensor(s, device=device) for s in stats)
     x, y = load_source(cfg, train=False)
     return _normalise_(_to_device(x, cfg.size, device), mean, std), y.to(device)
 

@@ -41,6 +41,16 @@ def trial_seed(study_seed: int, number: int) -> int:
     return int(hashlib.sha256(f"{study_seed}:{number}".encode()).hexdigest()[:8], 16)
 
 
+def constrain(trial: optuna.Trial, key: str, value: float) -> None:
+    """``trial.set_constraint`` (<= 0 feasible), mirrored as the user attribute ``constraint.<key>``.
+
+    Samplers read the constraint; optuna-dashboard shows user attributes but not Optuna 5's named
+    constraints, so the attribute is how a dashboard user sees why a trial is infeasible.
+    """
+    trial.set_constraint(key, value)
+    trial.set_user_attr(f"constraint.{key}", float(value))
+
+
 def failure_kind(e: BaseException) -> str:
     """``out_of_memory``, ``nonfinite_loss`` or ``error``: the reason class of a trial's exception."""
     if isinstance(e, NonFiniteLoss):
@@ -174,7 +184,7 @@ class Objective:
         trial.set_user_attr("outcome", OUT_OF_MEMORY)
         trial.set_user_attr("device", self.device_key)
         trial.set_user_attr("fail_reason", reason[:2000])
-        trial.set_constraint("out_of_memory", 1.0)
+        constrain(trial, "out_of_memory", 1.0)
         self.progress.note(f"out of memory on {self.device_key}: recorded as infeasible, never tried again here")
         return (self._placeholder(cx), {"params": cx.params, "macs": cx.macs},
                 {"state": "infeasible", "outcome": OUT_OF_MEMORY, "failure": "out_of_memory",
@@ -188,7 +198,7 @@ class Objective:
         for key, metric in STATIC.items():
             bound = getattr(cfg.constraints, key)
             if bound is not None:
-                trial.set_constraint(key, known[metric] - bound)
+                constrain(trial, key, known[metric] - bound)
                 if known[metric] > bound:
                     over.append(f"{metric} {known[metric]:,} > {bound:,.0f}")
         if over:  # never built: the sampler still learns the region is infeasible
@@ -207,7 +217,7 @@ class Objective:
                     trial.set_user_attr(key, twin.user_attrs[key])
             for key, value in twin.constraints.items():
                 if key not in STATIC:  # the static ones are set above, from the same spec
-                    trial.set_constraint(key, value)
+                    constrain(trial, key, value)
             metrics = dict(twin.user_attrs.get("metrics", known))
             what = "result reused" if outcome == TRAINED else "out of memory there: skipped"
             self.progress.note(f"same network as trial {twin.number}: {what}")
@@ -234,7 +244,7 @@ class Objective:
                            latency_p90_ms=lat.p90_ms, latency_cv=lat.cv)
             tags.update({f"latency.{k}": v for k, v in lat.protocol.items()})
             if cfg.constraints.max_latency_ms is not None:
-                trial.set_constraint("max_latency_ms", lat.median_ms - cfg.constraints.max_latency_ms)
+                constrain(trial, "max_latency_ms", lat.median_ms - cfg.constraints.max_latency_ms)
         trial.set_user_attr("metrics", metrics)
         # the learning curve lives in user attributes, never in Optuna's intermediate values (which a
         # multi-objective study refuses, and which make TPE fail on pruned trials)

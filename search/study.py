@@ -31,9 +31,11 @@ from search.config import ExperimentConfig
 from search.data import Splits, load_source, load_splits
 from search.devices import resolve_device, unfreeze
 from search.errors import RedactLogs, redact, redact_tree
+from search.latency import check_backend
 from search.objective import Objective, largest_latency_ms
 from search.progress import Progress
 from search.recovery import interruptible, on_stale, reap_lost_trials
+from search.report import log_report
 from search.results import (
     OUT_OF_MEMORY,
     OVER_BUDGET,
@@ -303,8 +305,7 @@ def _prepare(cfg: ExperimentConfig, url: str, slots: list[worker.Slot]):
     """
     check_budget(cfg)
     device = resolve_device(cfg.train.device)
-    if cfg.latency.device != "train":
-        resolve_device(cfg.latency.device)
+    check_backend(cfg.latency, device if cfg.latency.device == "train" else resolve_device(cfg.latency.device))
     if len(slots) == 1:
         splits = load_splits(cfg.data, device)
     else:  # the workers load their own copy; this only checks the data is there
@@ -391,6 +392,8 @@ def run_search(cfg: ExperimentConfig, *, storage_url: str | None = None, quiet: 
                 status = "FAILED"
             tracker.end_orphan_runs(parent_id, {t.number: t.state.name for t in study.get_trials(deepcopy=False)})
             log_study_artifacts(summary, cfg)
+            if status != "KILLED":  # Ctrl-C wants out now; the report can be made later (resnext-nas report)
+                log_report(summary, cfg)
             tracker.end(parent_id, status)
     if status == "FAILED":
         raise StudyAborted(short)
@@ -423,6 +426,7 @@ def join_study(cfg: ExperimentConfig, *, storage_url: str | None = None, workers
         if short is not None:
             raise StudyAborted(short)
     log_study_artifacts(summary, cfg)
+    log_report(summary, cfg)
     return summary
 
 

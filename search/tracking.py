@@ -9,11 +9,15 @@ study goes on; the Optuna storage keeps the authoritative record.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -27,6 +31,21 @@ log = logging.getLogger(__name__)
 ROLE, STUDY, TRIAL = "resnext_nas.role", "resnext_nas.study", "resnext_nas.trial"
 PARENT = "mlflow.parentRunId"
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+
+# MLflow 3's UI opens an experiment in its GenAI view (traces, assistant) unless it is told the
+# experiment is a model-training one. Two switches, both found in the 3.17 UI bundle
+# (mlflow/server/js/build/static/js/main.*.js): the experiment tag `mlflow.experimentKind`
+# (enum ExperimentKind: genai_development | custom_model_development | ...), which MLflow's UI
+# read up to 3.x and its kind selector still writes; and, in 3.17, the `workflowType` URL
+# parameter (genai | machine_learning; else the browser's localStorage, default genai), which
+# overrides the tag there. The experiment carries the tag; the links carry the parameter.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+WORKFLOW = "workflowType=machine_learning"
+# A saved view of the runs table: the experiment tag `mlflow.sharedViewState.<id>` holding
+# {"name", "createdAt", "updatedAt", "state": JSON of the search facets and the table's UI state}.
+# The UI lists it under "Saved views" and opens it from `#/experiments/<id>/runs?viewStateShareKey=<id>`.
+# It is the only server-side way to choose the runs table's columns (its default shows no metric).
+VIEW_TAG = "mlflow.sharedViewState."
 
 
 def _abs_sqlite(uri: str) -> str:
@@ -54,6 +73,7 @@ class Tracker:
         self.experiment = cfg.experiment or experiment
         self.client = MlflowClient(self.uri) if self.enabled else None
         self.experiment_id: str | None = None
+        self.experiment_tags: dict[str, str] = {}
         self.failures = 0
 
     def _safe(self, what: str, fn, *args, **kwargs):
@@ -80,13 +100,21 @@ class Tracker:
                 "or fix tracking.uri (--tracking-uri), or set tracking.enabled=false"
             ) from None
         self.experiment_id = exp.experiment_id if exp is not None else None
+        self.experiment_tags = dict(exp.tags) if exp is not None else {}
 
     def setup(self) -> None:
-        """Create (or migrate) the database and the experiment once, before any worker starts."""
+        """Create (or migrate) the database and the experiment once, before any worker starts.
+
+        The experiment is marked as a model-training one (``mlflow.experimentKind``), when it is
+        made and when an existing one lacks the mark.
+        """
         if not self.enabled:
             return
         self.check()
         if self.experiment_id is not None:
+            if self.experiment_tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+                self._safe("marking the experiment as model training", self.client.set_experiment_tag,
+                           self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             return
         location = self.artifacts
         if self.uri.startswith(("http://", "https://")) and "://" not in location:
@@ -94,7 +122,8 @@ class Tracker:
         elif "://" not in location:
             location = Path(location).resolve().joinpath(self.experiment).as_uri()
         try:
-            self.experiment_id = self.client.create_experiment(self.experiment, location)
+            self.experiment_id = self.client.create_experiment(self.experiment, location,
+                                                               tags={EXPERIMENT_KIND: MODEL_TRAINING})
         except Exception as e:
             raise SpecError(f"cannot create the MLflow experiment '{self.experiment}' in {redact(self.uri)}: "
                             f"{error_line(e)}") from None
@@ -107,7 +136,8 @@ class Tracker:
 
         Args:
             study_name: the Optuna study's name.
-            params: logged when the run is created (MLflow params never change).
+            params: logged when the run is created (MLflow params never change); ``objectives``
+                (comma-separated) also gives the columns of the study's saved views.
             tags: set on every run of the study (they may change on resume: sampler, n_trials).
             created: text artifacts (name -> text) written when the run is created only.
         """
@@ -130,13 +160,23 @@ class Tracker:
             for name, text in (created or {}).items():
                 self.client.log_text(run.info.run_id, text, name)
             return run.info.run_id
-        return self._safe("creating the study run", find_or_create)
+        run_id = self._safe("creating the study run", find_or_create)
+        if run_id is not None and params.get("objectives"):
+            self._safe("saving the study's views", save_study_views, self.client, self.experiment_id,
+                       study_name, str(params["objectives"]).split(","))
+        return run_id
 
     def start_trial(self, parent_id: str | None, study_name: str, number: int, tags: dict) -> str | None:
-        """A RUNNING child run for a trial, so the dashboard shows it while it trains."""
+        """A RUNNING child run for a trial, so the dashboard shows it while it trains.
+
+        Named after its network and trial number (``resnext8_4x8d_d1-1 #12``) when ``tags`` has
+        the ``spec_name``, else ``trial-12``.
+        """
+        name = f"{tags['spec_name']} #{number}" if tags.get("spec_name") else f"trial-{number}"
+
         def create():
             run = self.client.create_run(
-                self.experiment_id, run_name=f"trial-{number}",
+                self.experiment_id, run_name=name,
                 tags={ROLE: "trial", STUDY: study_name, TRIAL: str(number),
                       **({PARENT: parent_id} if parent_id else {}), **tags},
             )
@@ -239,6 +279,133 @@ class Tracker:
         return self.client.search_runs(
             [self.experiment_id], f"tags.`{PARENT}` = '{parent_id}'", max_results=50_000
         )
+
+
+# -- the dashboard: saved views of the runs table and direct links ----------------------------------
+
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+
+
+def _metric_column(key: str) -> str:
+    return f"metrics.`{key}`"  # the UI's canonical column key (makeCanonicalSortKey)
+
+
+def view_id(kind: str, study_name: str) -> str:
+    """The id of a study's saved view (``front-quickstart``): URL-safe, one per study and kind."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", study_name).strip("-")[:80] or "study"
+    return f"{kind}-{slug}"
+
+
+def study_views(study_name: str, objectives: list[str]) -> dict[str, tuple[str, dict]]:
+    """The saved views of a study: view id -> (name, state).
+
+    ``front``: its feasible Pareto front (runs tagged ``pareto`` = ``true``); ``trials``: all its
+    trial runs. Both show the objectives first, then parameters and MACs, as columns, sorted
+    by the first objective (best first).
+    """
+    of_study = f'tags.`{STUDY}` = "{study_name}"'
+    columns = [_metric_column(k) for k in dict.fromkeys([*objectives, "params", "macs"])]
+    first = objectives[0] if objectives else "val_accuracy"
+    base = {"orderByKey": _metric_column(first), "orderByAsc": first != "val_accuracy",
+            "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "runListHidden": False,
+            "viewMaximized": False,
+            # the objectives next to the run name, in the study's order; names wide enough to read
+            "columnOrder": [RUN_NAME_COLUMN, *columns], "columnWidths": {RUN_NAME_COLUMN: 360}}
+    return {
+        view_id("front", study_name): (f"Pareto front: {study_name}",
+                                       {**base, "searchFilter": f'tags.pareto = "true" and {of_study}'}),
+        view_id("trials", study_name): (f"All trials: {study_name}",
+                                        {**base, "searchFilter": f'{of_study} and tags.`{ROLE}` = "trial"'}),
+    }
+
+
+def save_study_views(client: MlflowClient, experiment_id: str, study_name: str, objectives: list[str]) -> None:
+    """Write a study's saved views on its experiment (only those missing or changed)."""
+    tags = client.get_experiment(experiment_id).tags
+    now = int(time.time() * 1000)
+    for vid, (name, state) in study_views(study_name, objectives).items():
+        text = json.dumps(state, separators=(",", ":"))
+        try:
+            old = json.loads(tags.get(VIEW_TAG + vid, "{}"))
+        except ValueError:
+            old = {}
+        if old.get("name") == name and old.get("state") == text:
+            continue
+        envelope = {"name": name, "createdAt": old.get("createdAt", now), "updatedAt": now, "state": text}
+        client.set_experiment_tag(experiment_id, VIEW_TAG + vid, json.dumps(envelope, separators=(",", ":")))
+
+
+@dataclass(frozen=True)
+class StudyLinks:
+    """Where a study's results are in the MLflow UI (``base_url`` + ``#/...`` addresses)."""
+
+    experiment: str
+    experiment_id: str
+    study: str
+    front_size: int
+    trials: int
+    front: str    # the runs table filtered to the front, objective columns shown
+    all_trials: str  # the runs table of every trial, objective columns shown
+    report: str   # the study's parent run: Pareto table and plots
+
+
+def dashboard_links(uri: str, base_url: str, experiment: str | None = None,
+                    study: str | None = None) -> list[StudyLinks]:
+    """The MLflow UI addresses of every study in the store (or of one experiment / study).
+
+    Brings the store's experiments up to date on the way (the model-training mark, the saved
+    views), so stores made before either existed open the same way.
+
+    Args:
+        uri: the tracking URI (``sqlite:///...`` or a server).
+        base_url: where the UI is served, e.g. ``http://127.0.0.1:5000``.
+        experiment: only this MLflow experiment (by name).
+        study: only this study.
+
+    Raises:
+        SpecError: the store cannot be read, or ``experiment`` is not in it.
+    """
+    uri = _abs_sqlite(uri)
+    client = MlflowClient(uri)
+    base = base_url.rstrip("/")
+    try:
+        if experiment is not None:
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise SpecError(f"the MLflow store {redact(uri)} has no experiment '{experiment}': run "
+                                "`resnext-nas search` on that experiment file first")
+            experiments = [exp]
+        else:
+            experiments = client.search_experiments(max_results=1000)
+        links = []
+        for exp in experiments:
+            where = f"tags.`{ROLE}` = 'study'" + (f" and tags.`{STUDY}` = '{study}'" if study else "")
+            parents = client.search_runs([exp.experiment_id], where, max_results=1000, order_by=["start_time ASC"])
+            if not parents:
+                continue
+            if exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+            for parent in parents:
+                name = parent.data.tags.get(STUDY, parent.info.run_name)
+                objectives = [o for o in parent.data.params.get("objectives", "").split(",") if o]
+                save_study_views(client, exp.experiment_id, name, objectives)
+                of_parent = f"tags.`{PARENT}` = '{parent.info.run_id}'"
+                trials = client.search_runs([exp.experiment_id], of_parent, max_results=50_000)
+                front = sum(r.data.tags.get("pareto") == "true" for r in trials)
+                runs = f"{base}/#/experiments/{exp.experiment_id}/runs"
+                files = [f.path for f in client.list_artifacts(parent.info.run_id) if not f.is_dir]
+                shown = next((f for f in files if f.endswith(".png")), "pareto.csv" if "pareto.csv" in files else "")
+                report = f"{runs}/{parent.info.run_id}" + (f"/artifacts/{quote(shown)}" if shown else "")
+                links.append(StudyLinks(
+                    exp.name, exp.experiment_id, name, front, len(trials),
+                    f"{runs}?viewStateShareKey={view_id('front', name)}&{WORKFLOW}",
+                    f"{runs}?viewStateShareKey={view_id('trials', name)}&{WORKFLOW}",
+                    f"{report}?{WORKFLOW}"))
+        return links
+    except SpecError:
+        raise
+    except Exception as e:
+        raise SpecError(f"cannot read the MLflow tracking store {redact(uri)}: {error_line(e)}") from None
 
 
 def quiet_mlflow() -> None:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from benchmarks import complexity, datapath, gpu, latency, memory, overhead, pareto, run_all, trainer
+from benchmarks import complexity, datapath, gpu, latency, memory, overhead, pareto, report, run_all, scale, trainer
 
 HEADER = ("device:", "torch:", "threads:", "load:")
 RATIO = re.compile(r"^ratio\s+.+:\s+[\d,]+\.\d+x", re.M)  # "ratio       <what>: 1.234x"
@@ -18,7 +18,7 @@ def check(out: str, ratio: re.Pattern = RATIO) -> None:
     assert re.search(r"^load:\s.* at end$", out, re.M), "no closing load line"
 
 
-@pytest.mark.parametrize("module", [trainer, latency, datapath, pareto], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [trainer, latency, datapath, pareto, scale, report], ids=lambda m: m.__name__)
 def test_quick_benchmarks_print_header_and_ratio(module, capsys):
     module.main(["--quick"])
     out = capsys.readouterr().out

@@ -1,5 +1,7 @@
 """Latency: statistics, recorded protocol, restored state, and a big net measuring slower."""
 
+import sys
+
 import pytest
 import torch
 
@@ -69,3 +71,72 @@ def test_cuda_latency_device_without_cuda_is_a_spec_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(SpecError, match="no CUDA GPU"):
         measure_latency(build_model(SMALL), 3, 16, LatencyConfig(device="cuda"), CPU)
+
+
+# -- backends: torch and onnxruntime ---------------------------------------------------------------
+
+def _has_onnxruntime() -> bool:
+    from search.latency import missing_onnx_packages
+
+    return not missing_onnx_packages()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_both_backends_measure_the_same_protocol(backend):
+    import math
+
+    if backend == "onnxruntime" and not _has_onnxruntime():
+        pytest.skip("SKIPPED LOUDLY: onnxruntime backend needs pip install 'resnext-nas[onnx]'")
+    model = build_model(SMALL)
+    model.train()
+    cfg = LatencyConfig(warmup=2, repeats=7, device="cpu", threads=1, backend=backend)
+    lat = measure_latency(model, 3, 16, cfg, CPU)
+    assert math.isfinite(lat.median_ms) and lat.median_ms > 0 and lat.p10_ms <= lat.median_ms <= lat.p90_ms
+    assert len(lat.samples) == 7 and all(s > 0 for s in lat.samples) and math.isfinite(lat.cv)
+    assert lat.protocol["backend"] == backend and lat.protocol["threads"] == 1 and lat.protocol["repeats"] == 7
+    assert lat.protocol["input_shape"] == [1, 3, 16, 16] and lat.protocol["timer"] == "perf_counter"
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        assert lat.protocol["onnxruntime"] == onnxruntime.__version__
+    else:
+        assert "onnxruntime" not in lat.protocol
+    assert model.training and all(p.grad is None for p in model.parameters())  # the caller's model untouched
+
+
+def test_onnxruntime_runs_the_network_itself():
+    if not _has_onnxruntime():
+        pytest.skip("SKIPPED LOUDLY: needs pip install 'resnext-nas[onnx]'")
+    from search.latency import onnx_graph, onnx_session
+
+    model = build_model(BIG).eval()
+    session = onnx_session(onnx_graph(model, 3, 32), threads=1)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        want = model(x).numpy()
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert got.shape == (3, 4) and abs(got - want).max() < 1e-4
+
+
+def test_onnxruntime_backend_refuses_a_gpu_and_a_missing_install(monkeypatch):
+    with pytest.raises(SpecError, match=r"latency\.backend: unknown value 'onnx'"):
+        LatencyConfig(backend="onnx")
+    with pytest.raises(SpecError, match="measures on the CPU"):
+        LatencyConfig(backend="onnxruntime", device="cuda")
+    if _has_onnxruntime():
+        from search.latency import check_backend
+
+        cfg = LatencyConfig(backend="onnxruntime")  # device: train, resolved at the study's start
+        check_backend(cfg, CPU)
+        with pytest.raises(SpecError, match="measures on the CPU"):
+            check_backend(cfg, torch.device("cuda", 0))
+    # without onnxruntime installed (sys.modules[name] = None is how Python spells "not importable")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    missing = r"needs onnxruntime, which is not installed: pip install 'resnext-nas\[onnx\]'"
+    with pytest.raises(SpecError, match=missing):
+        LatencyConfig(backend="onnxruntime", device="cpu")
+    from search.config import experiment_from_dict
+
+    with pytest.raises(SpecError, match=r"resnext-nas\[onnx\]"):
+        experiment_from_dict({"latency": {"backend": "onnxruntime"}}, name="x")
+    LatencyConfig(backend="torch")  # the default backend needs none of it
