@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import hashlib
+import importlib
 import io
 import math
 import os
@@ -66,10 +68,8 @@ from benchmarks._proposals import check_pareto_tags
 from benchmarks._report import env_header, footer, median, set_threads, target
 from search.config import ExperimentConfig, load_experiment
 from search.latency import Latency
-from search.objective import Objective
 from search.results import REUSED, TRAINED, finished_rows, front_table, outcome_counts, pareto_rows
 from search.storage import load_study
-from search.tracking import Tracker
 from search.train import EpochRecord, TrainResult
 from space import NetSpec, complexity
 
@@ -82,17 +82,47 @@ LARGEST_LATENCY_MS = 2.0  # fake latency of the space's largest network (the oth
 SPACE = {"num_stages": [2, 3, 4], "stem_ch": [8, 12, 16, 24, 32, 48, 64], "bottleneck_ch": [8, 12, 16, 24, 32],
          "channel_mult": 2, "cardinality": [1, 2, 4, 8, 16], "base_width": [4, 8, 16], "depth": {"low": 1, "high": 5}}
 
-# the parts of the study timed per trial: label -> (owner, attribute); none of them calls another
+# the parts of the study timed per trial: label -> the functions, by dotted name. A name the code
+# does not have (the study loop moves: a Ledger now keeps the rows and front up to date) is skipped
+# and listed; a timed function called inside another counts for the outer one only.
 PARTS = {
-    "summary": [(search.study, "summarize")],  # rows, front and counts after every trial
-    "tags": [(Tracker, "sync_pareto_tags")],  # the Pareto tags of the MLflow runs
-    "hv": [(search.study, "study_hypervolume")],  # the front's hypervolume (logged under mlflow)
-    "twin": [(Objective, "_twin")],  # the reuse lookup: has the study trained this network?
-    "checks": [(search.study, "_counts"), (search.study, "space_exhausted"),
-               (search.study, "reap_lost_trials")],  # the loop's checks before each trial
-    "mlflow": [(Tracker, "start_trial"), (Tracker, "log"), (Tracker, "log_text"), (Tracker, "end")],
-    "gc": [(search.objective, "release_memory")],  # the collection after every trial
+    # the study's rows, front and counts: recomputed after every trial, or kept up to date (Ledger)
+    "summary": ["search.study.summarize", "search.results.Ledger.update", "search.results.Ledger.summary"],
+    "tags": ["search.tracking.Tracker.sync_pareto_tags", "search.tracking.Tracker.set_pareto_tags"],
+    "hv": ["search.study.study_hypervolume"],  # the front's hypervolume (its logging counts under mlflow)
+    "twin": ["search.objective.Objective._twin", "search.results.Ledger.twin"],  # has the study trained this net?
+    "checks": ["search.study._counts", "search.study.space_exhausted", "search.study.reap_lost_trials"],
+    "mlflow": [f"search.tracking.Tracker.{m}" for m in ("start_trial", "log", "log_text", "end")],
+    "gc": ["search.objective.release_memory"],  # the collection after every trial
 }
+
+
+def resolve(dotted: str) -> tuple[object, str] | None:
+    """(owner, attribute) of a dotted name such as ``search.results.Ledger.update``, or None if absent."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:-1]:
+            owner = getattr(owner, name, None)
+        return (owner, parts[-1]) if owner is not None and hasattr(owner, parts[-1]) else None
+    return None
+
+
+def code_version() -> str:
+    """The repository's commit and whether search/ or space/ differ from it (others edit them meanwhile)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "search", "space"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    changed = sorted(line[3:] for line in dirty if line.strip())
+    return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else " (search/, space/ clean)")
 
 
 def scale_raw(tmp: Path, n_trials: int, sampler: str) -> dict:
@@ -131,6 +161,7 @@ class Clock:
 
     trial: int = 0
     start: float = 0.0
+    depth: int = 0  # timed calls in progress (only the outermost one counts)
     ends: list[float] = field(default_factory=list)
     fronts: list[int] = field(default_factory=list)  # Pareto front size after each trial
     rss: list[float] = field(default_factory=list)  # resident memory after each trial, MiB
@@ -143,15 +174,20 @@ class Clock:
         table[self.trial] = table.get(self.trial, 0.0) + seconds
 
     def wrap(self, label: str, fn):
-        """``fn`` timed into part ``label``."""
+        """``fn`` timed into part ``label`` (unless called inside another timed function)."""
         table = self.parts.setdefault(label, {})
 
+        @functools.wraps(fn)
         def timed(*args, **kwargs):
+            if self.depth:
+                return fn(*args, **kwargs)
+            self.depth += 1
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.add(table, time.perf_counter() - t0)
+                self.depth -= 1
         return timed
 
     def commit(self, conn) -> None:
@@ -276,8 +312,8 @@ def run_study(cfg: ExperimentConfig, *, tuned: bool = True, profile: bool = Fals
         stack.enter_context(mock.patch.object(search.objective, "measure_latency", fakes.measure_latency))
         # what tune_process sets for the collector, undone afterwards (tests share this process)
         stack.enter_context(mock.patch.object(search.devices, "_freeze_after_trial", tuned))
-        for label, targets in PARTS.items():
-            for owner, name in targets:
+        for label, names in PARTS.items():
+            for owner, name in filter(None, map(resolve, names)):
                 stack.enter_context(mock.patch.object(owner, name, clock.wrap(label, getattr(owner, name))))
         stack.enter_context(mock.patch.object(JournalFileBackend, "append_logs",
                                               clock.counted_append(JournalFileBackend.append_logs)))
@@ -457,6 +493,10 @@ def main(argv: list[str] | None = None) -> dict:
         import mlflow
         import sqlalchemy
 
+        print(f"code:        {code_version()}")
+        missing = [name for names in PARTS.values() for name in names if resolve(name) is None]
+        if missing:
+            print(f"not in this code (not timed): {', '.join(missing)}")
         print(f"libraries:   optuna {optuna.__version__}, mlflow {mlflow.__version__}, sqlalchemy "
               f"{sqlalchemy.__version__}, numpy {np.__version__}")
         print(f"study:       {n:,} trained networks wanted from a {cfg.space.size():,}-network space; 3 objectives "

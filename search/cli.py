@@ -116,8 +116,12 @@ def cmd_search(args) -> int:
         out = Path(args.export_dir) / f"{cfg.study_name}_{args.pick}.yaml"
         export_best(cfg, args.pick, out, args.storage)
         print(f"\nexported the {args.pick} network to {out}")
-    if cfg.tracking.enabled:
-        print(f"dashboard: resnext-nas ui   (MLflow store {redact(summary.tracker.uri)})")
+    if cfg.tracking.enabled and summary.parent_id:
+        report = summary.tracker.artifact_uri(summary.parent_id, "report.html")
+        if report:
+            print(f"report: {report}   (one HTML file; `resnext-nas report {args.experiment}` writes it anew)")
+        print(f"dashboard: resnext-nas ui {args.experiment}   (prints the links to the front and the trials; "
+              f"MLflow store {redact(summary.tracker.uri)})")
     return 0
 
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from search import worker
 from search.config import ExperimentConfig
@@ -27,7 +26,7 @@ from search.devices import device_name, memory_in_use, release_memory, resolve_d
 from search.errors import redact_text
 from search.latency import measure_latency
 from search.progress import Progress
-from search.results import OUT_OF_MEMORY, OVER_BUDGET, REUSED, STATIC, TRAINED
+from search.results import OUT_OF_MEMORY, OVER_BUDGET, REUSED, STATIC, TRAINED, Ledger
 from search.tracking import Tracker
 from search.train import NonFiniteLoss, seed_everything, train_model
 from space import NetSpec, build_model, complexity
@@ -108,12 +107,13 @@ class Objective:
         tracker: MLflow writer (may be disabled).
         parent_id: the study's MLflow run id.
         progress: progress display.
+        ledger: the study's trials so far (which networks it has trained), kept up to date by the loop.
     """
 
     def __init__(self, cfg: ExperimentConfig, splits: Splits, device: torch.device, tracker: Tracker,
-                 parent_id: str | None, progress: Progress) -> None:
+                 parent_id: str | None, progress: Progress, ledger: Ledger) -> None:
         self.cfg, self.splits, self.device = cfg, splits, device
-        self.tracker, self.parent_id, self.progress = tracker, parent_id, progress
+        self.tracker, self.parent_id, self.progress, self.ledger = tracker, parent_id, progress, ledger
         lat_dev = cfg.latency.device
         self.latency_device = device if lat_dev == "train" else resolve_device(lat_dev)
         self.device_key = f"{device.type}:{device_name(device)}"  # out-of-memory is a property of this
@@ -207,22 +207,22 @@ class Objective:
             return self._placeholder(cx), known, {}, {"state": "infeasible", "outcome": OVER_BUDGET,
                                                       "skipped": "; ".join(over)}
 
-        twin = self._twin(trial, spec.hash)
+        twin = self.ledger.twin(spec.hash, self.device_key)
         if twin is not None:  # the study already has this network's result: reuse it, do not retrain
-            outcome = twin.user_attrs.get("outcome", TRAINED)
+            outcome = twin.outcome
             trial.set_user_attr("outcome", REUSED if outcome == TRAINED else outcome)
             trial.set_user_attr("reused_from", twin.number)
             for key in ("seed", "threads", "metrics", "device"):
-                if key in twin.user_attrs:
-                    trial.set_user_attr(key, twin.user_attrs[key])
+                if key in twin.attrs:
+                    trial.set_user_attr(key, twin.attrs[key])
             for key, value in twin.constraints.items():
                 if key not in STATIC:  # the static ones are set above, from the same spec
                     constrain(trial, key, value)
-            metrics = dict(twin.user_attrs.get("metrics", known))
+            metrics = dict(twin.attrs.get("metrics", known))
             what = "result reused" if outcome == TRAINED else "out of memory there: skipped"
             self.progress.note(f"same network as trial {twin.number}: {what}")
-            return tuple(twin.values), metrics, {}, {"state": "reused", "outcome": REUSED,
-                                                     "reused_from": twin.number}
+            return tuple(twin.values[o] for o in cfg.objectives), metrics, {}, {
+                "state": "reused", "outcome": REUSED, "reused_from": twin.number}
 
         seed = trial_seed(cfg.search.seed, trial.number)
 
@@ -255,14 +255,3 @@ class Objective:
         series = {"val_accuracy": [r.val_accuracy for r in result.history],
                   "train_loss": [r.train_loss for r in result.history]}
         return tuple(metrics[o] for o in cfg.objectives), metrics, series, tags
-
-    def _twin(self, trial: optuna.Trial, spec_hash: str):
-        """The first completed trial that trained this network, or found it out of memory on this device."""
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("spec_hash") != spec_hash:
-                continue
-            outcome = t.user_attrs.get("outcome", TRAINED)
-            if outcome == TRAINED or (outcome == OUT_OF_MEMORY and t.user_attrs.get("device") == self.device_key
-                                      and "reused_from" not in t.user_attrs):
-                return t
-        return None

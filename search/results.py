@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.config import ExperimentConfig
-from search.pareto import hypervolume, hypervolume_history, non_dominated, to_losses
+from search.pareto import dominates, hypervolume, hypervolume_history, non_dominated, to_losses
 from search.tracking import Tracker
 
 TRAINED, REUSED, OVER_BUDGET, OUT_OF_MEMORY = "trained", "reused", "over_budget", "out_of_memory"
@@ -39,6 +39,7 @@ class Row:
     feasible: bool
     spec: dict
     attrs: dict
+    constraints: dict[str, float] = field(default_factory=dict)
 
     @property
     def outcome(self) -> str:
@@ -46,8 +47,9 @@ class Row:
 
     @classmethod
     def from_trial(cls, t: optuna.trial.FrozenTrial, objectives: tuple[str, ...]) -> Row:
-        return cls(t.number, dict(zip(objectives, t.values, strict=True)),
-                   all(v <= 0 for v in t.constraints.values()), t.user_attrs.get("spec", {}), t.user_attrs)
+        constraints = t.constraints
+        return cls(t.number, dict(zip(objectives, t.values, strict=True)), all(v <= 0 for v in constraints.values()),
+                   t.user_attrs.get("spec", {}), t.user_attrs, constraints)
 
 
 def finished_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[Row]:
@@ -56,13 +58,14 @@ def finished_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[Row]
 
 
 def trained_rows(rows: list[Row]) -> list[Row]:
-    """The feasible trained networks, one row per network (the first trial that trained it)."""
+    """The feasible trained networks, one row per network: the first trial that trained it, if feasible."""
     seen, out = set(), []
     for r in sorted(rows, key=lambda r: r.number):
         h = r.attrs.get("spec_hash")
-        if r.outcome == TRAINED and r.feasible and h not in seen:
+        if r.outcome == TRAINED and h not in seen:
             seen.add(h)
-            out.append(r)
+            if r.feasible:
+                out.append(r)
     return out
 
 
@@ -165,11 +168,101 @@ def summarize(study: optuna.Study, cfg: ExperimentConfig, tracker: Tracker, pare
     return Summary(study, pareto_rows(rows, cfg.directions), rows, parent_id, tracker, outcome_counts(study))
 
 
+class Ledger:
+    """A study's completed trials as rows, its counts, front and known networks, kept up to date incrementally.
+
+    A finished trial never changes, so ``update`` only converts the trials it has not seen and
+    inserts the trained ones into the front (a new point either is dominated by the front, or
+    joins it and drops what it dominates: the same front as recomputing it). What a worker's
+    loop asks after every trial (counts, front, has this network been trained?) then costs in
+    proportion to what changed, not to the size of the study. ``summarize`` is the one-off form.
+
+    Args:
+        objectives: the study's objectives.
+        directions: their directions.
+    """
+
+    def __init__(self, objectives: tuple[str, ...], directions: list[str]) -> None:
+        self.objectives, self.directions = objectives, directions
+        self.rows: dict[int, Row] = {}
+        self.failed: set[int] = set()
+        self.running = 0  # running trials claimed by a worker, at the last update
+        self.counts = dict.fromkeys((*OUTCOMES, "failed", "running"), 0)
+        self.trained: dict[str, Row] = {}  # spec hash -> the first trial that trained it
+        self.out_of_memory: dict[tuple[str, str], Row] = {}  # (spec hash, device) -> the first such trial
+        self.seen: set[str] = set()  # networks trained, over budget or out of memory (the space's used part)
+        self.front: list[Row] = []
+        self.low = 0  # every trial numbered below this has finished and been taken in
+
+    def _losses(self, r: Row) -> tuple[float, ...]:
+        return to_losses(list(r.values.values()), self.directions)
+
+    def _add(self, r: Row) -> None:
+        self.rows[r.number] = r
+        self.counts[r.outcome] += 1
+        h = r.attrs.get("spec_hash")
+        if r.outcome in (TRAINED, OVER_BUDGET, OUT_OF_MEMORY):
+            self.seen.add(h)
+        if r.outcome == OUT_OF_MEMORY and "reused_from" not in r.attrs:
+            key = (h, r.attrs.get("device"))
+            if key not in self.out_of_memory or self.out_of_memory[key].number > r.number:
+                self.out_of_memory[key] = r
+        if r.outcome != TRAINED:
+            return
+        first = self.trained.get(h)
+        if first is not None and first.number < r.number:
+            return  # trained twice (two workers at once): the first trial stands for the network
+        self.trained[h] = r
+        if first is not None:  # rare: a lower-numbered twin arrived late; recompute the front
+            self.front = pareto_rows(list(self.rows.values()), self.directions)
+        elif r.feasible:
+            new = self._losses(r)
+            if not any(dominates(self._losses(f), new) for f in self.front):
+                self.front = [f for f in self.front if not dominates(new, self._losses(f))] + [r]
+
+    def update(self, study: optuna.Study) -> Ledger:
+        """Take in the trials finished since the last update (and count the running ones).
+
+        Trials come in number order; every trial below ``self.low`` has finished and been taken in,
+        so only the trials from there on are looked at.
+        """
+        running, trials = 0, study.get_trials(deepcopy=False)
+        low = None
+        for t in trials[self.low:]:
+            if t.state == TrialState.COMPLETE:
+                if t.number not in self.rows:
+                    self._add(Row.from_trial(t, self.objectives))
+            elif t.state == TrialState.FAIL:
+                if t.number not in self.failed:
+                    self.failed.add(t.number)
+                    self.counts["failed"] += 1
+            elif not t.state.is_finished():  # running or waiting (a pruned trial is finished, and not counted)
+                if low is None:
+                    low = t.number
+                running += t.state == TrialState.RUNNING and "worker" in t.user_attrs
+        self.low = len(trials) if low is None else low
+        self.running = self.counts["running"] = running
+        return self
+
+    def twin(self, spec_hash: str, device: str) -> Row | None:
+        """The trial that trained this network, or found it out of memory on ``device``; else None."""
+        return self.trained.get(spec_hash) or self.out_of_memory.get((spec_hash, device))
+
+    def summary(self, study: optuna.Study, parent_id: str | None, tracker: Tracker) -> Summary:
+        return Summary(study, list(self.front), [self.rows[n] for n in sorted(self.rows)], parent_id, tracker,
+                       dict(self.counts))
+
+
 def log_study_artifacts(summary: Summary, cfg: ExperimentConfig) -> None:
-    """Pareto table (CSV + JSON), plots and the counts by outcome on the parent run."""
+    """Pareto table (CSV + JSON), plots and the counts by outcome on the parent run; every trial run's tag checked.
+
+    The loop tags only what changed after each trial; this reconciles every run's ``pareto``
+    tag with the final front once (a worker that exited cannot untag a trial that left the front).
+    """
     tracker, parent = summary.tracker, summary.parent_id
     if parent is None:
         return
+    tracker.sync_pareto_tags(parent, {r.number for r in summary.front})
     table = front_table(summary.front, cfg.objectives)
     tracker.log_text(parent, json.dumps(table, indent=2), "pareto.json")
     if table:

@@ -37,14 +37,14 @@ from search.progress import Progress
 from search.recovery import interruptible, on_stale, reap_lost_trials
 from search.report import log_report
 from search.results import (
-    OUT_OF_MEMORY,
-    OVER_BUDGET,
     STATIC,
     TRAINED,
+    Ledger,
     Summary,
     describe_counts,
     hv_reference,
     log_study_artifacts,
+    outcome_counts,
     study_hypervolume,
     summarize,
 )
@@ -108,19 +108,9 @@ def quiet_libraries() -> None:
 
 # -- one worker's loop ----------------------------------------------------------------------------
 
-def _counts(study: optuna.Study) -> tuple[int, int]:
-    """(networks trained to completion, running trials that a live worker has claimed)."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    trained = sum(t.state == TrialState.COMPLETE and t.user_attrs.get("outcome") == TRAINED for t in trials)
-    return trained, sum(t.state == TrialState.RUNNING and "worker" in t.user_attrs for t in trials)
-
-
-def space_exhausted(study: optuna.Study, cfg: ExperimentConfig) -> str | None:
-    """Why no new network can be trained, or None: every network of the space has been seen."""
-    seen = {t.user_attrs.get("spec_hash") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("outcome") in (TRAINED, OVER_BUDGET, OUT_OF_MEMORY)}
-    size = cfg.space.size()
-    if len(seen) < size:
+def space_exhausted(ledger: Ledger, size: int) -> str | None:
+    """Why no new network can be trained, or None: every one of the space's ``size`` networks has been seen."""
+    if len(ledger.seen) < size:
         return None
     return (f"every one of the space's {size:,} networks has been tried (trained, over budget or out of "
             "memory): no new network is left to train; widen the space or raise the budget to go on")
@@ -141,6 +131,12 @@ class _FreeStreak:
             return None
         return (f"the sampler's last {self.streak} proposals were networks already tried or over budget: "
                 "the space seems to have no new network within the budget; widen it or raise the budget")
+
+
+def _run_id(ledger: Ledger, trial: optuna.trial.FrozenTrial, number: int) -> str | None:
+    """The MLflow run of trial ``number`` (the trial just finished, or one of the ledger's rows)."""
+    attrs = trial.user_attrs if number == trial.number else ledger.rows[number].attrs
+    return attrs.get("mlflow_run_id")
 
 
 def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, parent_id: str | None,
@@ -164,32 +160,42 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
 
     stream = worker.labelled(sys.stderr, label) if label else None
     progress = Progress(n, quiet=quiet, stream=stream)
-    objective = Objective(cfg, splits, device, tracker, parent_id, progress)
+    ledger = Ledger(cfg.objectives, cfg.directions).update(study)
+    objective = Objective(cfg, splits, device, tracker, parent_id, progress, ledger)
     limit, free = _FailureLimit(cfg.search.max_consecutive_failures), _FreeStreak()
-    ref = study.user_attrs["hv_reference"]
+    ref, size = study.user_attrs["hv_reference"], cfg.space.size()
+    tracker.sync_pareto_tags(parent_id, {r.number for r in ledger.front})  # once; then only the changes
+    tagged = {r.number for r in ledger.front}
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        summary = summarize(study, cfg, tracker, parent_id)
-        tracker.sync_pareto_tags(parent_id, {r.number for r in summary.front})
+        nonlocal tagged
+        summary = ledger.update(study).summary(study, parent_id, tracker)
+        front = {r.number for r in summary.front}
+        changes = {n: "true" for n in front - tagged} | {n: "false" for n in tagged - front}
+        if trial.number not in front:
+            changes[trial.number] = "false"
+        tracker.set_pareto_tags({rid: v for n, v in changes.items() if (rid := _run_id(ledger, trial, n)) is not None})
+        tagged = front
         tracker.log(parent_id, metrics={"hypervolume": study_hypervolume(summary.front, ref)}, step=trial.number)
         progress.pareto(len(summary.front), summary.counts)
         if on_trial:
             on_trial(summary)
 
     t0 = time.monotonic()
-    progress.start(_counts(study)[0])
+    progress.start(ledger.counts[TRAINED])
     stopped = None
     try:
         while not limit.tripped:
             reap_lost_trials(study, tracker)
-            trained, running = _counts(study)
+            ledger.update(study)
+            trained, running = ledger.counts[TRAINED], ledger.running
             if trained >= n:
                 break
             if cfg.search.timeout_s is not None and time.monotonic() - t0 >= cfg.search.timeout_s:
                 break
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 break  # every network of the grid has been tried
-            stopped = space_exhausted(study, cfg) or free.message()
+            stopped = space_exhausted(ledger, size) or free.message()
             if stopped:
                 print(f"{f'[{label}] ' if label else ''}stopping: {stopped}", file=sys.stderr)
                 break
@@ -280,7 +286,7 @@ def _run_workers(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, u
     payload = {"raw": cfg.raw, "name": cfg.name, "storage": url, "quiet": quiet}
     exits = worker.supervise(slots, payload, on_exit)
     reap_lost_trials(study, tracker)
-    trained, _ = _counts(study)
+    trained = outcome_counts(study)[TRAINED]
     if trained >= cfg.search.n_trials:
         return None
     aborted = [e for e in exits if e.code == worker.EXIT_ABORTED]

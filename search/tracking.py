@@ -9,6 +9,7 @@ study goes on; the Optuna storage keeps the authoritative record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -88,6 +89,23 @@ class Tracker:
                   file=sys.stderr)
             return None
 
+    def _sqlite_wal(self) -> None:
+        """Put a SQLite store in WAL mode (a property of the database file, set once).
+
+        In SQLite's default rollback-journal mode every commit syncs the journal and the database
+        (several fsyncs); a trial's runs, metrics and tags are a handful of commits, which made the
+        MLflow writes most of the per-trial bookkeeping (benchmarks/scale). In WAL mode a commit
+        appends to the log with one sync, and readers (``mlflow ui``) no longer block the writers.
+        Nothing is lost on a crash; like SQLite itself, WAL wants a local filesystem.
+        """
+        prefix = "sqlite:///"
+        if not self.uri.startswith(prefix):
+            return
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.uri[len(prefix):], timeout=30)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+
     def check(self) -> None:
         """Reach the store and look the experiment up; creates no experiment (a refused start records nothing)."""
         if not self.enabled:
@@ -111,6 +129,7 @@ class Tracker:
         if not self.enabled:
             return
         self.check()
+        self._sqlite_wal()
         if self.experiment_id is not None:
             if self.experiment_tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
                 self._safe("marking the experiment as model training", self.client.set_experiment_tag,
@@ -239,6 +258,24 @@ class Tracker:
                     if run.data.tags.get("pareto") != want:
                         self.client.set_tag(run.info.run_id, "pareto", want)
         self._safe("updating pareto tags", sync)
+
+    def set_pareto_tags(self, changes: dict[str, str]) -> None:
+        """Set ``pareto`` = ``true``/``false`` on the given runs (run id -> value), nothing read back.
+
+        The study's loop knows which trials entered or left the front since its last look, so after
+        each trial it writes only those; ``sync_pareto_tags`` reconciles everything once per worker
+        at the start and at the end.
+        """
+        def write():
+            for run_id, value in changes.items():
+                self.client.set_tag(run_id, "pareto", value)
+        if changes:
+            self._safe("updating pareto tags", write)
+
+    def artifact_uri(self, run_id: str, name: str) -> str | None:
+        """Where artifact ``name`` of a run is (a ``file://`` URI for a local store), or None."""
+        run = self._safe("looking up an artifact", self.client.get_run, run_id)
+        return f"{run.info.artifact_uri.rstrip('/')}/{name}" if run is not None else None
 
     def find_trial_run(self, study_name: str, number: int) -> str | None:
         """The RUNNING run of trial ``number`` (for a trial whose worker died before linking it)."""

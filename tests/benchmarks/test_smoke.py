@@ -44,7 +44,7 @@ def test_overhead_quick_runs_the_real_study_and_the_proposal(capsys):
     assert out.count("agree with the final front") == len(overhead.VARIANTS)
     assert re.search(r"database commits \+ [\d.]+ journal appends", out), "no per-trial store write counts"
     assert re.search(r"\+ sqlite WAL: .*journal_mode: mlflow\.db wal", out), "the WAL proposal was not applied"
-    assert re.search(r"current: .*journal_mode: mlflow\.db delete", out)
+    assert re.search(r"current: .*journal_mode: mlflow\.db wal", out)  # WAL mode landed in search.tracking
 
 
 @pytest.mark.slow

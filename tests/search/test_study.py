@@ -1,5 +1,7 @@
 """End-to-end studies on generated data, with real SQLite storages and a real MLflow store."""
 
+import sqlite3
+
 import pytest
 import torch
 import yaml
@@ -38,6 +40,8 @@ def test_study_logs_runs_tags_and_exports(tiny, tmp_path):
     client = MlflowClient(cfg.tracking.uri)
     parent = client.get_run(summary.parent_id)
     assert parent.info.status == "FINISHED"
+    with sqlite3.connect(cfg.tracking.uri[len("sqlite:///"):]) as db:  # one sync per commit, not several
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     artifacts = {a.path for a in client.list_artifacts(summary.parent_id)}
     assert {"pareto.json", "pareto.csv", "experiment.json"} <= artifacts
     assert any(a.endswith(".png") for a in artifacts)
