@@ -106,3 +106,25 @@ def tiny_study(tmp: Path, n_trials: int, *, name: str = "bench", device: str = "
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
     return experiment_from_dict(raw, name=name)
+
+
+class StoreWrites:
+    """Counts a study's store writes by trial: database commits and Optuna journal appends (each an fsync).
+
+    For a benchmark's clock with ``trial`` (the trial in progress) and ``commits``/``appends``
+    dicts; ``commit`` is an SQLAlchemy ``Engine`` commit listener, ``counted_append`` wraps
+    ``JournalFileBackend.append_logs``.
+    """
+
+    trial: int
+    commits: dict[int, int]
+    appends: dict[int, int]
+
+    def commit(self, conn) -> None:
+        self.commits[self.trial] = self.commits.get(self.trial, 0) + 1
+
+    def counted_append(self, append):
+        def append_logs(backend, logs):
+            self.appends[self.trial] = self.appends.get(self.trial, 0) + 1
+            return append(backend, logs)
+        return append_logs

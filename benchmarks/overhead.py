@@ -46,7 +46,7 @@ import search.objective
 import search.study
 from benchmarks._proposals import PATCHES, check_pareto_tags, sqlite_files
 from benchmarks._report import env_header, footer, median, set_threads, target
-from benchmarks._workloads import tiny_study
+from benchmarks._workloads import StoreWrites, tiny_study
 from search.config import ExperimentConfig
 
 TRIAL_S = 10.0  # the reference trial length the share is computed against
@@ -54,7 +54,7 @@ TARGET_SHARE = 0.03  # <= 3% of a 10-second trial
 TARGET_MS = 150.0  # <= 150 ms per trial
 
 
-class Spans:
+class Spans(StoreWrites):
     """Wall-clock spans of functions the study calls, keyed by the trial that called them."""
 
     def __init__(self) -> None:
@@ -64,15 +64,6 @@ class Spans:
         self.train_time: dict[int, float] = {}
         self.commits: dict[int, int] = {}  # database commits (MLflow, Optuna on an RDB), each an fsync on SQLite
         self.appends: dict[int, int] = {}  # Optuna journal-file appends, each an fsync
-
-    def commit(self, conn) -> None:
-        self.commits[self.trial] = self.commits.get(self.trial, 0) + 1
-
-    def counted_append(self, append):
-        def append_logs(backend, logs):
-            self.appends[self.trial] = self.appends.get(self.trial, 0) + 1
-            return append(backend, logs)
-        return append_logs
 
     def wrap(self, name: str, fn):
         def timed(*args, **kwargs):

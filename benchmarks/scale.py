@@ -66,6 +66,7 @@ import search.objective
 import search.study
 from benchmarks._proposals import check_pareto_tags
 from benchmarks._report import env_header, footer, median, set_threads, target
+from benchmarks._workloads import StoreWrites
 from search.config import ExperimentConfig, load_experiment
 from search.latency import Latency
 from search.results import REUSED, TRAINED, finished_rows, front_table, outcome_counts, pareto_rows
@@ -152,7 +153,7 @@ class Stub(torch.nn.Linear):
 
 
 @dataclass
-class Clock:
+class Clock(StoreWrites):
     """Per-trial time spent in the fakes and in the timed parts of the study, by trial index.
 
     Index k is the k-th trial to end (0-based); work done between the ends of trials k-1 and k
@@ -189,15 +190,6 @@ class Clock:
                 self.add(table, time.perf_counter() - t0)
                 self.depth -= 1
         return timed
-
-    def commit(self, conn) -> None:
-        self.commits[self.trial] = self.commits.get(self.trial, 0) + 1
-
-    def counted_append(self, append):
-        def append_logs(backend, logs):
-            self.appends[self.trial] = self.appends.get(self.trial, 0) + 1
-            return append(backend, logs)
-        return append_logs
 
     def trial_done(self, summary) -> None:
         self.ends.append(time.perf_counter())
