@@ -14,8 +14,8 @@ front (accuracy, params, latency) is non-trivial and changes as the study goes o
 
 The per-trial bookkeeping cost of trial k is the time between the ends of trials k-1 and k (the
 study's ``on_trial`` callback) minus the time spent inside the two fakes; trial 0 holds the
-one-time setup and is left out. Its median in windows of trials (0-100, 1000-1100, ..., 9900-10000
-for 10,000 trials) shows whether it grows with the study; the parts of the study it is spent in
+one-time setup and is left out. Its median in windows of trials (0-100, 1000-1100, ... and the last
+100 for 10,000 trials) shows whether it grows with the study; the parts of the study it is spent in
 (Pareto summary, Pareto tags, reuse lookup, the loop's checks, MLflow writes, the collector) are
 timed by wrapping them and shown per window. Then ``resnext-nas pareto`` runs as a subprocess on
 the finished study (the real CLI, the experiment written as YAML next to the stores).
@@ -390,13 +390,18 @@ def live_progress(n: int, t0: float) -> Callable[[Clock], None]:
     return progress
 
 
-def growth(table: list[dict]) -> float:
-    """Least-squares slope of the window medians of the cost against trial number, s per trial."""
-    if len(table) < 2:
-        return 0.0
-    x = np.array([(w["lo"] + w["hi"]) / 2 for w in table])
-    y = np.array([w["cost"] for w in table])
-    return float(np.polyfit(x, y, 1)[0])
+STUDY_PARTS = ("summary", "tags", "hv", "twin", "checks")  # the parts whose work can grow with the study
+
+
+def growth(table: list[dict], keys: tuple[str, ...] = ("cost",)) -> float:
+    """Slope of the window medians (summed over ``keys``) against trial number, in s per trial.
+
+    Theil-Sen (the median of the slopes between every two windows): a window slowed down by
+    other processes (fsyncs waiting on a busy disk) moves it little, unlike a least-squares fit.
+    """
+    pts = [((w["lo"] + w["hi"]) / 2, sum(w[k] for k in keys)) for w in table]
+    slopes = [(y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(pts) for x2, y2 in pts[i + 1:] if x2 != x1]
+    return median(slopes) if slopes else 0.0
 
 
 # -- resnext-nas pareto ---------------------------------------------------------------------------
@@ -526,9 +531,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"({median([r['fake'] for r in rows]) * 1e3:.2f} ms median per trial)")
         print(check_pareto_tags(run.summary))
         print_windows(table)
-        slope = growth(table)
+        slope, own = growth(table), growth(table, STUDY_PARTS)
         first, last = table[0], table[-1]
-        print(f"\ngrowth:      {slope * 1e6:+.2f} ms per 1,000 trials (least squares through the window medians)")
+        print(f"\ngrowth:      {slope * 1e6:+.2f} ms per 1,000 trials (Theil-Sen through the window medians); of which "
+              f"the study's own parts ({', '.join(STUDY_PARTS)}) {own * 1e6:+.2f} ms")
         print(f"ratio       per-trial bookkeeping, trials {last['lo']}-{last['hi']} / {first['lo']}-{first['hi']}: "
               f"{last['cost'] / first['cost']:.3f}x")
         if run.profile is not None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from search.checks import check_bool, check_choice, check_float, check_int, set_field
@@ -200,6 +199,8 @@ def _digits(train: bool) -> tuple[Tensor, Tensor]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
+    from sklearn.model_selection import train_test_split  # here: ~1 s of imports for what reads no data
+
     idx_train, idx_test = train_test_split(
         np.arange(len(d.target)), test_size=DIGITS_TEST_FRACTION, stratify=d.target,
         random_state=DIGITS_TEST_SEED,
@@ -312,6 +313,8 @@ def split_indices(labels: Tensor | np.ndarray, cfg: DataConfig) -> tuple[np.ndar
     Returns:
         (train indices, val indices), each sorted and disjoint.
     """
+    from sklearn.model_selection import train_test_split  # here: ~1 s of imports for what reads no data
+
     labels = np.asarray(labels)
     idx = np.arange(len(labels))
     try:

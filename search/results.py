@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
 from search.config import ExperimentConfig
 from search.pareto import dominates, hypervolume, hypervolume_history, non_dominated, to_losses
-from search.tracking import Tracker
+
+if TYPE_CHECKING:  # only a type here: reading a study's results needs no mlflow (~0.9 s of imports)
+    from search.tracking import Tracker
 
 TRAINED, REUSED, OVER_BUDGET, OUT_OF_MEMORY = "trained", "reused", "over_budget", "out_of_memory"
 OUTCOMES = (TRAINED, REUSED, OVER_BUDGET, OUT_OF_MEMORY)
