@@ -254,7 +254,7 @@ def confirm_front(cfg: ExperimentConfig, *, seeds: int = 3, top: int | None = No
         from search.latency import measure_latency
 
         device = resolve_device(cfg.train.device)
-        lat_device = device if cfg.latency.device == "train" else resolve_device(cfg.latency.device)
+        lat_device = cfg.latency.resolve(device)
         splits = load_splits(cfg.data, device)
         for row, entry, missing in plan:
             spec = NetSpec.from_dict(row.spec)

@@ -82,6 +82,10 @@ class LatencyConfig:
                                 f"{self.device!r}; use latency.device: cpu, or backend: torch for the GPU")
             require_onnx("latency.backend onnxruntime")
 
+    def resolve(self, train_device: torch.device) -> torch.device:
+        """The device latency is measured on: ``train_device`` for ``train``, else ``device`` resolved."""
+        return train_device if self.device == "train" else resolve_device(self.device)
+
 
 def check_backend(cfg: LatencyConfig, device: torch.device) -> None:
     """Raise SpecError when ``cfg.backend`` cannot measure on ``device`` (the resolved latency device).
@@ -144,7 +148,7 @@ def measure_latency(
         bf16: bf16 autocast (CUDA only; the CPU measures float32).
         channels_last: NHWC model and input (torch backend).
     """
-    dev = device if cfg.device == "train" else resolve_device(cfg.device)
+    dev = cfg.resolve(device)
     if cfg.backend == "onnxruntime":
         check_backend(cfg, dev)
         return _measure_onnxruntime(model, in_ch, size, cfg, dev)

@@ -22,7 +22,7 @@ import torch
 from search import worker
 from search.config import ExperimentConfig
 from search.data import Splits
-from search.devices import device_name, memory_in_use, release_memory, resolve_device
+from search.devices import device_name, memory_in_use, release_memory
 from search.errors import redact_text
 from search.latency import measure_latency
 from search.progress import Progress
@@ -86,7 +86,7 @@ def run_params(spec: NetSpec, cfg: ExperimentConfig) -> dict:
 def largest_latency_ms(cfg: ExperimentConfig, device: torch.device) -> float:
     """Latency of the space's largest network (untrained: same compute) under the study's protocol."""
     spec = cfg.space.largest()
-    lat_device = device if cfg.latency.device == "train" else resolve_device(cfg.latency.device)
+    lat_device = cfg.latency.resolve(device)
     seed_everything(cfg.search.seed, lat_device)
     model = build_model(spec)
     try:
@@ -114,8 +114,7 @@ class Objective:
                  parent_id: str | None, progress: Progress, ledger: Ledger) -> None:
         self.cfg, self.splits, self.device = cfg, splits, device
         self.tracker, self.parent_id, self.progress, self.ledger = tracker, parent_id, progress, ledger
-        lat_dev = cfg.latency.device
-        self.latency_device = device if lat_dev == "train" else resolve_device(lat_dev)
+        self.latency_device = cfg.latency.resolve(device)
         self.device_key = f"{device.type}:{device_name(device)}"  # out-of-memory is a property of this
         self.worker = {**worker.identity(), "threads": torch.get_num_threads()}
 

@@ -164,8 +164,8 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
     objective = Objective(cfg, splits, device, tracker, parent_id, progress, ledger)
     limit, free = _FailureLimit(cfg.search.max_consecutive_failures), _FreeStreak()
     ref, size = study.user_attrs["hv_reference"], cfg.space.size()
-    tracker.sync_pareto_tags(parent_id, {r.number for r in ledger.front})  # once; then only the changes
     tagged = {r.number for r in ledger.front}
+    tracker.sync_pareto_tags(parent_id, tagged)  # once; then only the changes
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal tagged
@@ -311,7 +311,7 @@ def _prepare(cfg: ExperimentConfig, url: str, slots: list[worker.Slot]):
     """
     check_budget(cfg)
     device = resolve_device(cfg.train.device)
-    check_backend(cfg.latency, device if cfg.latency.device == "train" else resolve_device(cfg.latency.device))
+    check_backend(cfg.latency, cfg.latency.resolve(device))
     if len(slots) == 1:
         splits = load_splits(cfg.data, device)
     else:  # the workers load their own copy; this only checks the data is there
