@@ -23,11 +23,14 @@ def address_space() -> int:
 def main() -> int:
     # Everything a study run imports, first: the cap is about what trials allocate.
     import matplotlib.pyplot  # noqa: F401
+    import sklearn.model_selection  # noqa: F401  (search.data imports it where a split is made)
 
     import search.cli
     import search.export  # noqa: F401
     import search.objective
     import search.plots  # noqa: F401
+    import search.study  # noqa: F401
+    import search.tracking  # noqa: F401  (mlflow: search.results imports it for type hints only)
 
     failing = {int(n) for n in os.environ.get("FAULT_FAIL_TRIALS", "").split(",") if n}
     if failing:
