@@ -31,6 +31,18 @@ def device_name(device: str | torch.device | None = None) -> str:
     return f"cpu ({cpu_model()})"
 
 
+def _nvidia_driver() -> str:
+    """The NVIDIA driver's version, from nvidia-smi ('?' where it cannot be read)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def env_header(device: str | torch.device | None = None) -> str:
     """Lines describing where a benchmark ran: device, CPU, OS, Python/torch versions, threads."""
     try:
@@ -48,6 +60,10 @@ def env_header(device: str | torch.device | None = None) -> str:
         f"torch:       {torch.__version__} (cuda {cuda}), torchvision {tv}",
         f"threads:     torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}",
     ]
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda":
+        lines.append(f"gpu:         driver {_nvidia_driver()}, cuDNN {torch.backends.cudnn.version()}, TF32 conv "
+                     f"{torch.backends.cudnn.allow_tf32}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}")
     if hasattr(os, "getloadavg"):  # other processes competing for the cores skew every timing
         lines.append(f"load:        1-min load average {os.getloadavg()[0]:.2f} at start")
     return "\n".join(lines)

@@ -33,15 +33,17 @@ import time
 import torch
 
 from benchmarks import overhead
-from benchmarks._report import env_header, footer, set_threads
+from benchmarks._report import env_header, footer, set_threads, target
 from benchmarks._workloads import net, random_splits
 from search.data import Splits, steps_per_epoch
 from search.devices import resolve_device
 from search.train import TrainConfig, train_model
 from space import NetSpec, build_model, complexity
+from space.blocks import bottleneck_width
 
 CARDINALITIES = (1, 8, 32)
 TRIAL_S = 10.0  # the trial length the autotune and probe costs are compared with
+TARGET_1M = 40_000  # images/s of a ~1M-parameter CIFAR ResNeXt in bf16 on one H100
 
 
 def archs(quick: bool) -> dict[str, dict[int, NetSpec]]:
@@ -64,11 +66,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def trial(spec: NetSpec, splits: Splits, cfg: TrainConfig, device: torch.device, seed: int = 0):
-    """One trial as the study runs it: build a fresh network, train it; returns (result, wall s)."""
+def trial(spec: NetSpec, splits: Splits, cfg: TrainConfig, device: torch.device, seed: int = 0,
+          compile_mode: str | None = None):
+    """One trial as the study runs it: build a fresh network, train it; returns (result, wall s).
+
+    ``compile_mode`` wraps the network in ``torch.compile`` (that mode; "default" for the default).
+    """
     sync(device)
     t0 = time.perf_counter()
     model = build_model(spec, cfg.zero_init_residual)
+    if compile_mode:
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
     result = train_model(model, splits, cfg, device=device, seed=seed)
     sync(device)
     wall = time.perf_counter() - t0
@@ -78,11 +86,17 @@ def trial(spec: NetSpec, splits: Splits, cfg: TrainConfig, device: torch.device,
     return result, wall
 
 
+def group_width(spec: NetSpec) -> int:
+    """Channels per group of the first stage's grouped 3x3 conv (the "d" of 32x4d at 64 planes)."""
+    st = spec.stages[0]
+    return bottleneck_width(st.bottleneck_ch, st.base_width, st.groups) // st.groups
+
+
 def run_grid(nets: dict[str, dict[int, NetSpec]], splits: Splits, base: TrainConfig, device: torch.device,
              cold_epochs: float, deadline: float) -> list[dict]:
     """Every (network, dtype, format, cudnn.benchmark): a cold trial, then a timed one."""
     rows = []
-    print(f"\n{'network':<40} {'card':>4} {'dtype':<5} {'format':<13} {'cudnn.bm':<8} {'img/s':>10} "
+    print(f"\n{'network':<40} {'card':>4} {'gw':>3} {'dtype':<5} {'format':<13} {'cudnn.bm':<8} {'img/s':>10} "
           f"{'cold trial':>10} {'cold extra':>10}")
     skipped = 0
     for size, by_card in nets.items():
@@ -99,10 +113,10 @@ def run_grid(nets: dict[str, dict[int, NetSpec]], splits: Splits, base: TrainCon
                         res, wall = trial(spec, splits, cfg, device)
                         rate = res.images / res.train_time_s
                         extra = cold.train_time_s - cold.images / rate  # autotune + lazy loading
-                        row = {"size": size, "card": card, "name": spec.name, "bf16": bf16, "cl": cl, "bm": bm,
-                               "rate": rate, "cold_s": cold_wall, "extra_s": extra}
+                        row = {"size": size, "card": card, "gw": group_width(spec), "name": spec.name,
+                               "params": complexity(spec).params, "bf16": bf16, "cl": cl, "bm": bm, "rate": rate, "cold_s": cold_wall, "extra_s": extra}
                         rows.append(row)
-                        print(f"{size + ' ' + spec.name:<40.40} {card:>4} {'bf16' if bf16 else 'fp32':<5} "
+                        print(f"{size + ' ' + spec.name:<40.40} {card:>4} {row['gw']:>3} {'bf16' if bf16 else 'fp32':<5} "
                               f"{'channels_last' if cl else 'NCHW':<13} {'on' if bm else 'off':<8} {rate:>10,.0f} "
                               f"{cold_wall:>9.2f}s {extra:>9.2f}s")
     torch.backends.cudnn.benchmark = False
@@ -185,14 +199,77 @@ def probe(nets: dict[int, NetSpec], splits: Splits, base: TrainConfig, device: t
               f"{picks:<13} {says:<13}")
 
 
+def compile_cost(warm: NetSpec, spec: NetSpec, splits: Splits, base: TrainConfig, device: torch.device,
+                 epochs: int, modes: tuple[str, ...], deadline: float) -> list[dict]:
+    """Eager vs ``torch.compile`` for one trial of a few seconds, compile time counted.
+
+    Each trial is a fresh network, as in a study (a new architecture compiles anew); ``warm`` is
+    compiled first, untimed, so the compiler's one-time start (imports, worker pool) that a study
+    pays once is not charged to every trial. Per variant: the whole trial's wall clock (build,
+    compile, train, per-epoch validation) and the steady training rate (epochs 2..n, from the
+    trainer's clock). The compile cost is the wall time the steady rate does not explain:
+    ``wall_c - (wall_e - n * (T_e - T_c))``; compiling pays off for trials longer than
+    ``cost / (1 - T_c / T_e)`` seconds of eager training.
+    """
+    import torch._inductor.config
+
+    # no kernels or graphs from an earlier run of this benchmark: every trial's network is new in a study
+    torch._inductor.config.force_disable_caches = True
+    cfg = dataclasses.replace(base, epochs=float(epochs))
+    per_epoch = steps_per_epoch(len(splits.train_x), cfg.batch_size) * cfg.batch_size
+
+    def steady(res) -> float:  # mean training time of epochs 2..n
+        t = [r.elapsed_s for r in res.history]
+        return (t[-1] - t[0]) / (len(t) - 1)
+
+    print(f"\ntorch.compile: {spec.name} ({complexity(spec).params / 1e6:.2f}M params), {epochs} epochs of "
+          f"{per_epoch} images, {'bf16' if cfg.bf16 and device.type == 'cuda' else 'fp32'}, "
+          f"{'channels_last' if cfg.nhwc(device) else 'NCHW'}, cudnn.benchmark "
+          f"{'on' if torch.backends.cudnn.benchmark else 'off'}; a fresh network per trial")
+    trial(warm, splits, dataclasses.replace(cfg, epochs=0.25), device)  # eager kernels and cuDNN warm
+    eager, eager_wall = trial(spec, splits, cfg, device)
+    t_e = steady(eager)
+    rows = [{"mode": "eager", "wall": eager_wall, "steady": t_e, "cost": 0.0, "speedup": 1.0}]
+    print(f"{'variant':<36} {'trial wall':>10} {'steady img/s':>12} {'speedup':>8} {'compile cost':>12} "
+          f"{'pays off after':>15}")
+    print(f"{'eager':<36} {eager_wall:>9.2f}s {per_epoch / t_e:>12,.0f} {1:>7.2f}x {0:>11.2f}s {'-':>15}")
+    for mode in modes:
+        if time.perf_counter() > deadline:
+            print(f"{'compile ' + mode:<36} skipped: the --budget time guard was reached")
+            continue
+        t0 = time.perf_counter()
+        trial(warm, splits, dataclasses.replace(cfg, epochs=0.25), device, compile_mode=mode)
+        warm_s = time.perf_counter() - t0
+        res, wall = trial(spec, splits, cfg, device, compile_mode=mode)
+        t_c = steady(res)
+        cost = wall - (eager_wall - epochs * (t_e - t_c))
+        gain = 1 - t_c / t_e
+        pays = f"{cost / gain:>14.1f}s" if gain > 0 else f"{'never':>15}"
+        rows.append({"mode": mode, "wall": wall, "steady": t_c, "cost": cost, "speedup": t_e / t_c,
+                     "warm_s": warm_s})
+        print(f"{'compile ' + mode:<36} {wall:>9.2f}s {per_epoch / t_c:>12,.0f} {t_e / t_c:>7.2f}x {cost:>11.2f}s "
+              f"{pays}   (first compile in the process, other network: {warm_s:.1f} s)")
+    for r in rows[1:]:
+        print(f"ratio       compile {r['mode']} / eager steady img/s: {r['speedup']:.2f}x "
+              f"(compile cost {r['cost']:.1f} s per new network)")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke sizes (always, without CUDA)")
     parser.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds after which the remaining grid is skipped (300 on CUDA)")
-    parser.add_argument("--no-overhead", action="store_true", help="skip the per-trial overhead study")
+                        help="seconds after which the remaining work is skipped (240 on CUDA)")
+    parser.add_argument("--only", default="grid,overhead",
+                        help="comma-separated sections: grid (with the rule table and probe), overhead, compile")
+    parser.add_argument("--compile-modes", default="default",
+                        help="torch.compile modes the compile section tries, in order")
     args = parser.parse_args(argv)
+    sections = set(args.only.split(","))
+    if sections - {"grid", "overhead", "compile"}:
+        parser.error(f"--only: unknown section(s) {sorted(sections - {'grid', 'overhead', 'compile'})}; "
+                     "use grid, overhead, compile")
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     quick = args.quick or not cuda
@@ -200,26 +277,24 @@ def main(argv: list[str] | None = None) -> None:
         set_threads(1)  # see benchmarks/_report.set_threads
     if quick:
         n_train, n_val, size, bs, epochs, cold_epochs, probe_steps = 128, 32, 16, 32, 1.0, 0.25, 2
-    else:
-        n_train, n_val, size, bs, epochs, cold_epochs, probe_steps = 8192, 1024, 32, 256, 1.0, 0.25, 5
-    budget = args.budget or (300.0 if cuda else 120.0)
+    else:  # the cifar10 recipe's batch; 32 steps per timed trial
+        n_train, n_val, size, bs, epochs, cold_epochs, probe_steps = 16384, 1024, 32, 512, 1.0, 0.25, 5
+    budget = args.budget or (240.0 if cuda else 120.0)
     t0 = time.perf_counter()
     nets = archs(quick)
     splits = random_splits(n_train, n_val, size, device)
     base = TrainConfig(epochs=epochs, batch_size=bs, device=str(device))
 
-    print("benchmark: GPU trial throughput by cardinality x dtype x memory format x cudnn.benchmark")
+    print(f"benchmark: GPU trial throughput by cardinality x dtype x memory format x cudnn.benchmark "
+          f"(sections: {args.only})")
     print(env_header(device))
-    if cuda:
-        print(f"cudnn:       {torch.backends.cudnn.version()}, allow_tf32 conv {torch.backends.cudnn.allow_tf32}, "
-              f"matmul {torch.backends.cuda.matmul.allow_tf32}")
-    else:
+    if not cuda:
         print("mode:        CPU smoke run (no CUDA): tiny sizes; bf16 and cudnn.benchmark are ignored on the CPU")
     for size_name, by_card in nets.items():
         for card, spec in by_card.items():
             cx = complexity(spec)
             print(f"network:     {size_name} c={card:<2} {spec.name}: {cx.params / 1e6:.2f}M params, "
-                  f"{cx.macs / 1e6:.0f}M MACs/img")
+                  f"{cx.macs / 1e6:.0f}M MACs/img, group width {group_width(spec)} in stage 1")
     print(f"work:        per configuration a cold trial of {cold_epochs:g} epoch, then a timed trial of {epochs:g} "
           f"epoch = {steps_per_epoch(n_train, bs)} steps of batch {bs} on {n_train} random {size}px images "
           f"resident on {device}; img/s from train_model's training time (validation excluded)")
@@ -229,18 +304,33 @@ def main(argv: list[str] | None = None) -> None:
     trial(net(4, stages=1, stem_ch=8, bottleneck_ch=8, input_size=size), splits,
           dataclasses.replace(base, epochs=cold_epochs), device)
     first_size = next(iter(nets))
-    rows = run_grid(nets, splits, base, device, cold_epochs, t0 + budget)
-    rule_table(rows, cuda)
-    probe(nets[first_size], splits, base, device, probe_steps, rows, first_size)
-    if rows:
-        best = max(rows, key=lambda r: r["rate"])
-        worst = min(rows, key=lambda r: r["rate"])
-        print(f"\nratio       fastest / slowest configuration img/s: {best['rate'] / worst['rate']:.2f}x "
-              f"({best['name']} {'bf16' if best['bf16'] else 'fp32'} {'CL' if best['cl'] else 'NCHW'} "
-              f"bm={'on' if best['bm'] else 'off'} vs {worst['name']} {'bf16' if worst['bf16'] else 'fp32'} "
-              f"{'CL' if worst['cl'] else 'NCHW'} bm={'on' if worst['bm'] else 'off'})")
-    print(f"elapsed:     {time.perf_counter() - t0:.1f} s for throughput and probe")
-    if not args.no_overhead:
+    if "grid" in sections:
+        rows = run_grid(nets, splits, base, device, cold_epochs, t0 + budget)
+        rule_table(rows, cuda)
+        probe(nets[first_size], splits, base, device, probe_steps, rows, first_size)
+        if rows:
+            best = max(rows, key=lambda r: r["rate"])
+            worst = min(rows, key=lambda r: r["rate"])
+            print(f"\nratio       fastest / slowest configuration img/s: {best['rate'] / worst['rate']:.2f}x "
+                  f"({best['name']} {'bf16' if best['bf16'] else 'fp32'} {'CL' if best['cl'] else 'NCHW'} "
+                  f"bm={'on' if best['bm'] else 'off'} vs {worst['name']} {'bf16' if worst['bf16'] else 'fp32'} "
+                  f"{'CL' if worst['cl'] else 'NCHW'} bm={'on' if worst['bm'] else 'off'})")
+            # the ~1M-parameter CIFAR ResNeXt: the network closest to 1M parameters, in bf16
+            mid = min(rows, key=lambda r: abs(r["params"] - 1e6))
+            best_1m = max((r for r in rows if r["name"] == mid["name"] and r["size"] == mid["size"] and r["bf16"]),
+                          key=lambda r: r["rate"], default=None)
+            if cuda and best_1m:
+                print(target(f"~1M-parameter network ({best_1m['name']}, {best_1m['params'] / 1e6:.2f}M) >= "
+                             f"{TARGET_1M:,} img/s in bf16", best_1m["rate"] >= TARGET_1M,
+                             f"{best_1m['rate']:,.0f} img/s ({'channels_last' if best_1m['cl'] else 'NCHW'}, "
+                             f"cudnn.benchmark {'on' if best_1m['bm'] else 'off'})"))
+        print(f"elapsed:     {time.perf_counter() - t0:.1f} s for throughput and probe")
+    if "compile" in sections:
+        compile_spec = nets[list(nets)[-1]][8 if 8 in nets[list(nets)[-1]] else CARDINALITIES[0]]
+        warm = net(4, stages=3, stem_ch=16, bottleneck_ch=16, base_width=16, input_size=size)
+        compile_cost(warm, compile_spec, splits, dataclasses.replace(base, bf16=cuda), device,
+                     epochs=2 if quick else 4, modes=tuple(args.compile_modes.split(",")), deadline=t0 + budget)
+    if "overhead" in sections:
         print("\n== per-trial overhead of the study machinery on this device (benchmarks.overhead)\n")
         overhead.main(["--device", str(device), "--trials", "1" if quick else "4", "--rounds", "1"]
                       + (["--current-only"] if quick else []))

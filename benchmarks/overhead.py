@@ -62,6 +62,7 @@ class Spans(StoreWrites):
         self.ends: list[float] = []  # perf_counter at the end of each trial
         self.spans: dict[str, dict[int, float]] = {}
         self.train_time: dict[int, float] = {}
+        self.images: dict[int, int] = {}  # training images seen by train_model, per trial
         self.commits: dict[int, int] = {}  # database commits (MLflow, Optuna on an RDB), each an fsync on SQLite
         self.appends: dict[int, int] = {}  # Optuna journal-file appends, each an fsync
 
@@ -86,14 +87,15 @@ VARIANTS = {
 }
 
 
-def run_study(cfg: ExperimentConfig, profile: bool = False,
-              patches: tuple[str, ...] = ()) -> tuple[Spans, list, pstats.Stats | None, str]:
+def run_study(cfg: ExperimentConfig, profile: bool = False, patches: tuple[str, ...] = (),
+              on_trial=None) -> tuple[Spans, list, pstats.Stats | None, str]:
     """Run the study with ``train_model``, ``measure_latency`` and ``build_model`` timed per trial.
 
     Args:
         cfg: the experiment.
         profile: cProfile trials 2..N.
         patches: names of ``benchmarks._proposals.PATCHES`` applied for the duration of the study.
+        on_trial: also called after every trial with the study's summary.
 
     Returns the spans, the study's trials in order, the profile of trials 2..N and the Pareto tag check.
     """
@@ -103,10 +105,13 @@ def run_study(cfg: ExperimentConfig, profile: bool = False,
     def train(*args, **kwargs):
         result = train_wrapped(*args, **kwargs)
         spans.train_time[spans.trial] = result.train_time_s
+        spans.images[spans.trial] = result.images
         return result
 
-    def on_trial(summary) -> None:
+    def trial_done(summary) -> None:
         spans.trial_done(summary)
+        if on_trial is not None:
+            on_trial(summary)
         if profiler is not None and spans.trial == 1:
             profiler.enable()  # trials 2..N only
 
@@ -122,7 +127,7 @@ def run_study(cfg: ExperimentConfig, profile: bool = False,
             stack.enter_context(PATCHES[name](cfg))
         event.listen(Engine, "commit", spans.commit)
         stack.callback(event.remove, Engine, "commit", spans.commit)
-        summary = search.study.run_search(cfg, quiet=True, on_trial=on_trial)
+        summary = search.study.run_search(cfg, quiet=True, on_trial=trial_done)
     stats = None
     if profiler is not None:
         profiler.disable()

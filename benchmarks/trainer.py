@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import os
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -56,7 +58,8 @@ def hand_loop(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.
     gen = torch.Generator(device=device).manual_seed(seed)
     cuda = device.type == "cuda"
     model.to(device)
-    if cfg.channels_last:
+    nhwc = cfg.nhwc(device)
+    if nhwc:
         model.to(memory_format=torch.channels_last)
     x, y, vx, vy = splits.train_x, splits.train_y, splits.val_x, splits.val_y
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -70,7 +73,7 @@ def hand_loop(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.
         for i in range(min(per_epoch, steps - step)):
             idx = order[i * bs:(i + 1) * bs]
             xb = augment(x[idx], splits.pad, splits.flip, gen)
-            if cfg.channels_last:
+            if nhwc:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda and cfg.bf16):
                 loss = loss_fn(model(xb), y[idx])
@@ -83,7 +86,7 @@ def hand_loop(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=cuda and cfg.bf16):
             for j in range(0, len(vx), cfg.eval_batch_size):
                 xb = vx[j:j + cfg.eval_batch_size]
-                if cfg.channels_last:
+                if nhwc:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 correct += (model(xb).argmax(1) == vy[j:j + cfg.eval_batch_size]).sum()
         acc = correct.item() / len(vx)
@@ -128,6 +131,79 @@ def compare(splits: Splits, cfg: TrainConfig, spec, device: torch.device, repeat
     r = rate_t / rate_h
     print(f"ratio       {label}train_model / hand loop images/s: {r:.3f}x")
     return {"trainer": rate_t, "hand": rate_h, "ratio": r}
+
+
+def idle_gaps(busy: list[tuple[float, float]]) -> tuple[float, float, list[tuple[float, float]]]:
+    """Busy time, span and idle gaps of a device's (start, end) intervals, sorted by start.
+
+    Returns (busy time = the intervals' union, span = first start to last end, gaps as
+    (length, offset from the first start)); overlapping intervals (concurrent streams) merge.
+    """
+    start, end = busy[0]
+    gaps, union = [], end - start
+    for a, b in busy[1:]:
+        if a > end:
+            gaps.append((a - end, end - start))
+            union += b - a
+        else:
+            union += max(0.0, b - end)
+        end = max(end, b)
+    return union, end - start, gaps
+
+
+def gpu_timeline(splits: Splits, cfg: TrainConfig, spec, device: torch.device, steps: int,
+                 out_dir: str | None) -> dict:
+    """Profile one ``train_model`` call (CUDA kernels) and measure the GPU's idle gaps between kernels.
+
+    A host stall (the GPU waiting for Python to enqueue the next step, or for a sync) shows as a
+    gap between consecutive kernels. The span runs from the first kernel to the last one of
+    training (validation's kernels are after a sync and cut off: the trace is cut at the largest
+    gap after the last training step). The profiler adds a few microseconds of host work per op,
+    so a clean timeline under it is clean without it too. The Chrome trace is written to
+    ``out_dir`` (gzipped) when given.
+    """
+    import gzip
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from torch.profiler import ProfilerActivity, profile
+
+    per_epoch = steps_per_epoch(len(splits.train_x), cfg.batch_size)
+    cfg = dataclasses.replace(cfg, epochs=steps / per_epoch)
+    template = build_model(spec, cfg.zero_init_residual)
+    train_model(copy.deepcopy(template), splits, cfg, device=device, seed=0)  # warm: kernels, allocator
+    # CUDA activity only: tracing every CPU op adds ~10-20 us of host work per op, enough to make a
+    # GPU-bound loop host-bound under the profiler (seen on an H100: 59% busy with CPU tracing on)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        train_model(copy.deepcopy(template), splits, cfg, device=device, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        trace = json.loads(path.read_text())
+        if out_dir:
+            dest = Path(out_dir) / "trainer-trace.json.gz"
+            dest.write_bytes(gzip.compress(path.read_bytes()))
+            print(f"trace:       {dest} (chrome://tracing or https://ui.perfetto.dev)")
+    busy = sorted((e["ts"], e["ts"] + e.get("dur", 0)) for e in trace["traceEvents"]
+                  if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
+    steps_marked = sorted(e["ts"] for e in trace["traceEvents"]
+                          if e.get("name") == "Optimizer.step#SGD.step")
+    if not busy:
+        print("timeline:    no GPU events in the trace")
+        return {}
+    union, span, gaps = idle_gaps(busy)
+    big = sorted(gaps, reverse=True)[:5]
+    over = [g for g, _ in gaps if g > 50]
+    print(f"timeline:    {len(busy)} GPU kernels/copies over {span / 1e3:.1f} ms ({steps} training steps + "
+          f"validation); GPU busy {union / span:.1%} of the span")
+    print(f"gaps:        {len(over)} gaps > 50 us between consecutive GPU ops, {sum(over) / 1e3:.2f} ms in all "
+          f"({sum(over) / span:.1%} of the span); largest: "
+          + ", ".join(f"{g:.0f} us at {at / 1e3:.1f} ms" for g, at in big))
+    if steps_marked:
+        print(f"steps:       {len(steps_marked)} optimizer steps enqueued over "
+              f"{(steps_marked[-1] - steps_marked[0]) / 1e3:.1f} ms of host time")
+    return {"busy": union / span, "gaps_ms": sum(over) / 1e3, "span_ms": span / 1e3, "n_gaps": len(over)}
 
 
 def _allocator_child(tuned: bool, args: tuple) -> dict:
@@ -185,7 +261,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see benchmarks/_report)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls of each variant (5)")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC model and inputs in both")
+    parser.add_argument("--channels-last", choices=("auto", "true", "false"), default="auto",
+                        help="NHWC model and inputs in both (auto: the trainer's default, on CUDA only)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="CUDA: profile one call and report the GPU's idle gaps (trace to $OUT if set)")
     parser.add_argument("--no-allocator", action="store_true",
                         help="skip the CPU allocator before/after (fresh processes, ~1 min)")
     args = parser.parse_args(argv)
@@ -196,13 +275,14 @@ def main(argv: list[str] | None = None) -> dict:
         size, n_train, n_val, bs, epochs, repeats = 16, 256, 64, 64, 1, 2
         spec = net(2, stem_ch=8, bottleneck_ch=8, input_size=size)
     elif cuda:
-        size, n_train, n_val, bs, epochs, repeats = 32, 16384, 2048, 256, 2, 5
-        spec = net(8, stages=3, stem_ch=32, bottleneck_ch=32, base_width=8, input_size=size)
+        # the ~1M-parameter network of benchmarks.gpu at the cifar10 recipe's batch
+        size, n_train, n_val, bs, epochs, repeats = 32, 16384, 2048, 512, 2, 5
+        spec = net(8, stages=3, stem_ch=32, bottleneck_ch=32, base_width=16, depth=2, input_size=size)
     else:
         size, n_train, n_val, bs, epochs, repeats = 32, 1024, 256, 128, 2, 5
         spec = net(4, stem_ch=16, bottleneck_ch=16, base_width=8, input_size=size)
     repeats = args.repeats or repeats
-    cfg = TrainConfig(epochs=epochs, batch_size=bs, device=str(device), channels_last=args.channels_last)
+    cfg = TrainConfig(epochs=epochs, batch_size=bs, device=str(device), channels_last={"auto": "auto", "true": True, "false": False}[args.channels_last])
     splits = random_splits(n_train, n_val, size, device)
     steps = epochs * steps_per_epoch(n_train, bs)
     cx = complexity(spec)
@@ -214,13 +294,18 @@ def main(argv: list[str] | None = None) -> dict:
           f"{device}, pad {splits.pad}, flip {splits.flip}")
     print(f"work:        {steps} steps of batch {bs} ({epochs} epochs), "
           f"{'bf16 autocast' if cuda and cfg.bf16 else 'float32'}, "
-          f"{'channels_last' if cfg.channels_last else 'NCHW'}; validation ({n_val} images, batch "
+          f"{'channels_last' if cfg.nhwc(device) else 'NCHW'}; validation ({n_val} images, batch "
           f"{cfg.eval_batch_size}) after every epoch in BOTH variants")
     print(f"repeats:     {repeats} per variant, interleaved, after 1 warm-up call each; wall clock per call, "
           "median reported")
     t0 = time.perf_counter()
     result = compare(splits, cfg, spec, device, repeats)
     print(target(f"train_model / hand loop >= {TARGET}x", result["ratio"] >= TARGET, f"{result['ratio']:.3f}x"))
+    if args.timeline and cuda:
+        print("\n== GPU timeline of train_model under torch.profiler (host stalls show as gaps between kernels)")
+        result["timeline"] = gpu_timeline(splits, cfg, spec, device, steps=40, out_dir=os.environ.get("OUT"))
+    elif args.timeline:
+        print("timeline:    CUDA only (no CUDA device here)")
     if device.type == "cpu" and not args.quick and not args.no_allocator:
         print("\n== CPU allocator: search.devices.tune_cpu_malloc before/after (same work, fresh processes, "
               "alternating off/on, 2 rounds x 2 timed calls after 1 warm-up each)")

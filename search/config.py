@@ -121,7 +121,12 @@ def _coerce(value, hint, where: str):
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (hint,) = [a for a in args if a is not type(None)]
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) > 1:  # e.g. bool | str: the section's own checks say which values
+            if not isinstance(value, tuple(rest)):
+                raise SpecError(f"{where} must be {' or '.join(a.__name__ for a in rest)}, got {value!r}")
+            return value
+        (hint,) = rest
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e6 as a string

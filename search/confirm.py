@@ -268,7 +268,7 @@ def confirm_front(cfg: ExperimentConfig, *, seeds: int = 3, top: int | None = No
                     if latency:
                         metrics["latency_ms"] = measure_latency(
                             model, spec.in_ch, spec.input_size, cfg.latency, lat_device, bf16=cfg.train.bf16,
-                            channels_last=cfg.train.channels_last).median_ms
+                            channels_last=cfg.train.nhwc(lat_device)).median_ms
                     del model
                     runs.tracker.log(run_id, params={"seed": seed, "repeat": repeat, "trial": row.number,
                                                      "train.threads": torch.get_num_threads()},

@@ -91,7 +91,7 @@ def largest_latency_ms(cfg: ExperimentConfig, device: torch.device) -> float:
     model = build_model(spec)
     try:
         return measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, lat_device, bf16=cfg.train.bf16,
-                               channels_last=cfg.train.channels_last).median_ms
+                               channels_last=cfg.train.nhwc(lat_device)).median_ms
     finally:
         del model
         release_memory()
@@ -238,7 +238,7 @@ class Objective:
         tags = {"state": "complete", "outcome": TRAINED, "seed": seed}
         if cfg.latency.enabled:
             lat = measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, self.latency_device,
-                                  bf16=cfg.train.bf16, channels_last=cfg.train.channels_last)
+                                  bf16=cfg.train.bf16, channels_last=cfg.train.nhwc(self.latency_device))
             metrics.update(latency_ms=lat.median_ms, latency_p10_ms=lat.p10_ms,
                            latency_p90_ms=lat.p90_ms, latency_cv=lat.cv)
             tags.update({f"latency.{k}": v for k, v in lat.protocol.items()})

@@ -43,7 +43,8 @@ def recipe(cfg: ExperimentConfig) -> dict:
 
     Not in it: ``RESUMABLE`` (how much is run and where) and the data's ``root``/``download``
     (where files come from). The device enters as its type (``cpu``/``cuda``): the same
-    study may move between GPUs, not between a GPU and the CPU.
+    study may move between GPUs, not between a GPU and the CPU. ``train.channels_last`` enters
+    as what it means on that device type (``auto`` is not a format).
     """
     train = {k: v for k, v in vars(cfg.train).items() if k not in ("device", "threads")}
     latency = {k: v for k, v in vars(cfg.latency).items() if k != "device"}
@@ -53,7 +54,8 @@ def recipe(cfg: ExperimentConfig) -> dict:
         "objectives": list(cfg.objectives),
         "constraints": vars(cfg.constraints),
         "data": {k: v for k, v in vars(cfg.data).items() if k not in ("root", "download")},
-        "train": {**train, "device_type": device_type(cfg.train.device)},
+        "train": {**train, "channels_last": cfg.train.nhwc(device_type(cfg.train.device)),
+                  "device_type": device_type(cfg.train.device)},
         "latency": {**latency, "device_type": device_type(lat_device)},
         "search": {"seed": cfg.search.seed},
     }

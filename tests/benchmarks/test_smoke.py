@@ -78,3 +78,10 @@ def test_run_all_lists_every_benchmark_module():
 
     for name in run_all.BENCHMARKS:
         assert hasattr(importlib.import_module(f"benchmarks.{name}"), "main")
+
+
+def test_idle_gaps_merges_overlaps_and_measures_the_gaps():
+    busy, span, gaps = trainer.idle_gaps([(0, 10), (5, 12), (20, 25), (25, 30), (31, 32)])
+    assert span == 32 and busy == 12 + 10 + 1
+    assert gaps == [(8, 12), (1, 30)]
+    assert trainer.idle_gaps([(3, 4)]) == (1, 1, [])
