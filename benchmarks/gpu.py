@@ -114,9 +114,11 @@ def run_grid(nets: dict[str, dict[int, NetSpec]], splits: Splits, base: TrainCon
                         rate = res.images / res.train_time_s
                         extra = cold.train_time_s - cold.images / rate  # autotune + lazy loading
                         row = {"size": size, "card": card, "gw": group_width(spec), "name": spec.name,
-                               "params": complexity(spec).params, "bf16": bf16, "cl": cl, "bm": bm, "rate": rate, "cold_s": cold_wall, "extra_s": extra}
+                               "params": complexity(spec).params, "bf16": bf16, "cl": cl, "bm": bm, "rate": rate,
+                               "cold_s": cold_wall, "extra_s": extra}
                         rows.append(row)
-                        print(f"{size + ' ' + spec.name:<40.40} {card:>4} {row['gw']:>3} {'bf16' if bf16 else 'fp32':<5} "
+                        print(f"{size + ' ' + spec.name:<40.40} {card:>4} {row['gw']:>3} "
+                              f"{'bf16' if bf16 else 'fp32':<5} "
                               f"{'channels_last' if cl else 'NCHW':<13} {'on' if bm else 'off':<8} {rate:>10,.0f} "
                               f"{cold_wall:>9.2f}s {extra:>9.2f}s")
     torch.backends.cudnn.benchmark = False

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"data:        generated CIFAR-10 files (50k train / 10k test, random pixels + class offset), "
               f"read by torchvision, split {1 - cfg.data.val_fraction:.0%}/{cfg.data.val_fraction:.0%}"
               + (f", subset {cfg.data.train_subset}, {cfg.data.input_size} px" if quick else ""))
-        print(f"stores:      Optuna journal:TMP/optuna.journal, MLflow sqlite:///TMP/mlflow.db (temp dir)")
+        print("stores:      Optuna journal:TMP/optuna.journal, MLflow sqlite:///TMP/mlflow.db (temp dir)")
         cap = MemoryCap(device, args.oom_after)
         spans, trials, _, tags = overhead.run_study(cfg, on_trial=cap)
     wall = time.perf_counter() - t0

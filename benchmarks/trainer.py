@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
         size, n_train, n_val, bs, epochs, repeats = 32, 1024, 256, 128, 2, 5
         spec = net(4, stem_ch=16, bottleneck_ch=16, base_width=8, input_size=size)
     repeats = args.repeats or repeats
-    cfg = TrainConfig(epochs=epochs, batch_size=bs, device=str(device), channels_last={"auto": "auto", "true": True, "false": False}[args.channels_last])
+    channels_last = {"auto": "auto", "true": True, "false": False}[args.channels_last]
+    cfg = TrainConfig(epochs=epochs, batch_size=bs, device=str(device), channels_last=channels_last)
     splits = random_splits(n_train, n_val, size, device)
     steps = epochs * steps_per_epoch(n_train, bs)
     cx = complexity(spec)
