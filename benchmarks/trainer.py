@@ -151,16 +151,17 @@ def idle_gaps(busy: list[tuple[float, float]]) -> tuple[float, float, list[tuple
     return union, end - start, gaps
 
 
+GPU_OPS = ("kernel", "gpu_memcpy", "gpu_memset")  # trace categories that occupy the GPU
+STEP_END = "multi_tensor_apply_kernel"  # the optimizer's foreach kernels close every training step
+
+
 def gpu_timeline(splits: Splits, cfg: TrainConfig, spec, device: torch.device, steps: int,
                  out_dir: str | None) -> dict:
-    """Profile one ``train_model`` call (CUDA kernels) and measure the GPU's idle gaps between kernels.
+    """Profile one ``train_model`` call (CUDA activity only) and analyse its GPU timeline.
 
-    A host stall (the GPU waiting for Python to enqueue the next step, or for a sync) shows as a
-    gap between consecutive kernels. The span runs from the first kernel to the last one of
-    training (validation's kernels are after a sync and cut off: the trace is cut at the largest
-    gap after the last training step). The profiler adds a few microseconds of host work per op,
-    so a clean timeline under it is clean without it too. The Chrome trace is written to
-    ``out_dir`` (gzipped) when given.
+    CPU-op tracing is off: it adds ~10-20 us of host work per op, enough to make a GPU-bound
+    loop host-bound under the profiler (seen on an H100: 59% busy with it on, 66% without).
+    The gzipped Chrome trace is written to ``out_dir`` when given (``--analyse FILE`` reads it).
     """
     import gzip
     import json
@@ -173,8 +174,6 @@ def gpu_timeline(splits: Splits, cfg: TrainConfig, spec, device: torch.device, s
     cfg = dataclasses.replace(cfg, epochs=steps / per_epoch)
     template = build_model(spec, cfg.zero_init_residual)
     train_model(copy.deepcopy(template), splits, cfg, device=device, seed=0)  # warm: kernels, allocator
-    # CUDA activity only: tracing every CPU op adds ~10-20 us of host work per op, enough to make a
-    # GPU-bound loop host-bound under the profiler (seen on an H100: 59% busy with CPU tracing on)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         train_model(copy.deepcopy(template), splits, cfg, device=device, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,25 +184,39 @@ def gpu_timeline(splits: Splits, cfg: TrainConfig, spec, device: torch.device, s
             dest = Path(out_dir) / "trainer-trace.json.gz"
             dest.write_bytes(gzip.compress(path.read_bytes()))
             print(f"trace:       {dest} (chrome://tracing or https://ui.perfetto.dev)")
-    busy = sorted((e["ts"], e["ts"] + e.get("dur", 0)) for e in trace["traceEvents"]
-                  if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
-    steps_marked = sorted(e["ts"] for e in trace["traceEvents"]
-                          if e.get("name") == "Optimizer.step#SGD.step")
-    if not busy:
+    return analyse_trace(trace)
+
+
+def analyse_trace(trace: dict) -> dict:
+    """Busy share, idle gaps and step-boundary gaps of a training trace's GPU ops; prints them.
+
+    A host stall between steps (Python, a sync, the trainer's bookkeeping) shows as a gap
+    between the optimizer's last kernel of one step and the first kernel of the next. Gaps
+    inside a step are launch overhead of eager PyTorch (kernels shorter than their launch),
+    the same in any loop; the share of GPU ops under 5 us says how much of that there is.
+    """
+    ops = sorted((e for e in trace["traceEvents"] if e.get("cat") in GPU_OPS), key=lambda e: e["ts"])
+    if not ops:
         print("timeline:    no GPU events in the trace")
         return {}
-    union, span, gaps = idle_gaps(busy)
-    big = sorted(gaps, reverse=True)[:5]
+    union, span, gaps = idle_gaps([(e["ts"], e["ts"] + e.get("dur", 0)) for e in ops])
     over = [g for g, _ in gaps if g > 50]
-    print(f"timeline:    {len(busy)} GPU kernels/copies over {span / 1e3:.1f} ms ({steps} training steps + "
-          f"validation); GPU busy {union / span:.1%} of the span")
+    tiny = sum(1 for e in ops if e.get("dur", 0) < 5)
+    boundary = [b["ts"] - (a["ts"] + a.get("dur", 0)) for a, b in zip(ops, ops[1:], strict=False)
+                if STEP_END in a["name"] and STEP_END not in b["name"]]
+    print(f"timeline:    {len(ops)} GPU ops over {span / 1e3:.1f} ms (training steps + validation); GPU busy "
+          f"{union / span:.1%} of the span; {tiny / len(ops):.0%} of the ops run < 5 us (launch-bound in eager mode)")
     print(f"gaps:        {len(over)} gaps > 50 us between consecutive GPU ops, {sum(over) / 1e3:.2f} ms in all "
           f"({sum(over) / span:.1%} of the span); largest: "
-          + ", ".join(f"{g:.0f} us at {at / 1e3:.1f} ms" for g, at in big))
-    if steps_marked:
-        print(f"steps:       {len(steps_marked)} optimizer steps enqueued over "
-              f"{(steps_marked[-1] - steps_marked[0]) / 1e3:.1f} ms of host time")
-    return {"busy": union / span, "gaps_ms": sum(over) / 1e3, "span_ms": span / 1e3, "n_gaps": len(over)}
+          + ", ".join(f"{g:.0f} us at {at / 1e3:.1f} ms" for g, at in sorted(gaps, reverse=True)[:3]))
+    out = {"busy": union / span, "gaps_ms": sum(over) / 1e3, "span_ms": span / 1e3, "tiny": tiny / len(ops)}
+    if boundary:
+        boundary.sort()
+        out["boundary_ms"] = sum(boundary) / 1e3
+        print(f"steps:       {len(boundary)} step boundaries (optimizer's last kernel -> next op): gap median "
+              f"{boundary[len(boundary) // 2]:.1f} us, max {boundary[-1]:.0f} us, {sum(boundary) / 1e3:.2f} ms in all "
+              f"= {sum(boundary) / span:.2%} of the span (host stalls between steps)")
+    return out
 
 
 def _allocator_child(tuned: bool, args: tuple) -> dict:
@@ -265,9 +278,16 @@ def main(argv: list[str] | None = None) -> dict:
                         help="NHWC model and inputs in both (auto: the trainer's default, on CUDA only)")
     parser.add_argument("--timeline", action="store_true",
                         help="CUDA: profile one call and report the GPU's idle gaps (trace to $OUT if set)")
+    parser.add_argument("--analyse", metavar="TRACE", help="only analyse a saved trace (.json or .json.gz) and exit")
     parser.add_argument("--no-allocator", action="store_true",
                         help="skip the CPU allocator before/after (fresh processes, ~1 min)")
     args = parser.parse_args(argv)
+    if args.analyse:
+        import gzip
+        import json
+
+        with (gzip.open if args.analyse.endswith(".gz") else open)(args.analyse, "rt") as f:
+            return analyse_trace(json.load(f))
     set_threads(args.threads)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"

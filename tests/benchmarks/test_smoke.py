@@ -5,7 +5,20 @@ import re
 
 import pytest
 
-from benchmarks import complexity, datapath, gpu, latency, memory, overhead, pareto, report, run_all, scale, trainer
+from benchmarks import (
+    complexity,
+    datapath,
+    gpu,
+    gpu_study,
+    latency,
+    memory,
+    overhead,
+    pareto,
+    report,
+    run_all,
+    scale,
+    trainer,
+)
 
 HEADER = ("device:", "torch:", "threads:", "load:")
 RATIO = re.compile(r"^ratio\s+.+:\s+[\d,]+\.\d+x", re.M)  # "ratio       <what>: 1.234x"
@@ -85,3 +98,26 @@ def test_idle_gaps_merges_overlaps_and_measures_the_gaps():
     assert span == 32 and busy == 12 + 10 + 1
     assert gaps == [(8, 12), (1, 30)]
     assert trainer.idle_gaps([(3, 4)]) == (1, 1, [])
+
+
+def test_analyse_trace_finds_the_gaps_between_steps(capsys):
+    """Two steps: the optimizer's kernel ends step 1 at 30 us, step 2 starts 20 us later."""
+    ops = [("conv", 0, 10), ("bn", 12, 18), ("multi_tensor_apply_kernel<SGD>", 20, 30), ("conv", 50, 60),
+           ("multi_tensor_apply_kernel<SGD>", 60, 70)]
+    trace = {"traceEvents": [{"cat": "kernel", "name": n, "ts": a, "dur": b - a} for n, a, b in ops]
+             + [{"cat": "cpu_op", "name": "aten::add", "ts": 0, "dur": 100}]}
+    out = trainer.analyse_trace(trace)
+    assert out["span_ms"] == pytest.approx(0.070) and out["busy"] == pytest.approx(46 / 70)
+    assert out["boundary_ms"] == pytest.approx(0.020)  # only the gap after the optimizer counts
+    assert "1 step boundaries" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_study_quick_runs_the_cifar10_recipe_through_its_real_path(capsys):
+    out_ = gpu_study.main(["--quick"])
+    out = capsys.readouterr().out
+    check(out)
+    assert "experiments/cifar10.yaml" in out and "read by torchvision" in out
+    assert len(out_["rates"]) >= 2 and all(r > 0 for r in out_["rates"])
+    assert re.search(r"pareto tags: all \d+ trial runs agree with the final front", out)
+    assert "out of memory:" not in out  # the CUDA-only checks are skipped on the CPU

@@ -73,3 +73,13 @@ def test_redact_hides_passwords_only():
     assert redact("postgresql://bob:s3cret@db:5432/x") == "postgresql://bob:***@db:5432/x"
     assert "s3cret" not in redact("http://u:s3cret@host/")
     assert redact("sqlite:///mlruns/optuna.db") == "sqlite:///mlruns/optuna.db"
+
+
+def test_channels_last_takes_auto_true_or_false_from_yaml_and_overrides():
+    exp = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
+    assert load_experiment(exp).train.channels_last == "auto"
+    assert load_experiment(exp, ["train.channels_last=true"]).train.channels_last is True
+    assert load_experiment(exp, ["train.channels_last=false"]).train.channels_last is False
+    for bad, says in (("3", "must be bool or str, got 3"), ("nhwc", "must be auto, true or false, got 'nhwc'")):
+        with pytest.raises(SpecError, match=f"train.channels_last {says}"):
+            load_experiment(exp, [f"train.channels_last={bad}"])

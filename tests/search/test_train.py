@@ -132,6 +132,19 @@ def test_channels_last_really_trains_nhwc(synthetic, monkeypatch):
     assert seen and not any(s["nhwc"] for s in seen)
 
 
+def test_channels_last_auto_means_nhwc_on_cuda_only(synthetic, monkeypatch):
+    cfg = TrainConfig()
+    assert cfg.channels_last == "auto"
+    assert cfg.nhwc(torch.device("cuda:1")) and cfg.nhwc("cuda") and not cfg.nhwc(CPU) and not cfg.nhwc("cpu")
+    assert TrainConfig(channels_last=True).nhwc("cpu") and not TrainConfig(channels_last=False).nhwc("cuda")
+    seen = _spy_steps(monkeypatch)
+    _train(synthetic, epochs=0.5)  # auto on the CPU trains NCHW
+    assert seen and not any(s["nhwc"] for s in seen)
+    for bad in ("yes", "nhwc", 1, None):
+        with pytest.raises(SpecError, match="train.channels_last must be auto, true or false"):
+            TrainConfig(channels_last=bad)
+
+
 def test_a_single_step_changes_the_weights(synthetic):
     """One step of a one-cycle schedule (epochs=0.01) used to have learning rate 0: nothing learned."""
     seed_everything(0)

@@ -83,6 +83,16 @@ def test_what_may_change_on_resume_leaves_the_recipe_alone(tmp_path):
     assert recipe(base)["train.device_type"] == "cpu"
 
 
+def test_channels_last_enters_the_recipe_as_what_it_means_on_the_device_type(tmp_path):
+    """``auto`` is not a format: on the CPU it is NCHW, so a CPU study made with the old default
+    (false) keeps its fingerprint; true is another recipe."""
+    auto = recipe(load_experiment_from(tmp_path, {"train": {"channels_last": "auto"}}))
+    assert auto == recipe(load_experiment_from(tmp_path, {"train": {"channels_last": False}}))
+    assert auto["train.channels_last"] is False and auto["train.device_type"] == "cpu"
+    nhwc = recipe(load_experiment_from(tmp_path, {"train": {"channels_last": True}}))
+    assert nhwc["train.channels_last"] is True and nhwc != auto
+
+
 def load_experiment_from(tmp_path, change):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(_raw(tmp_path, change)))
