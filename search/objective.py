@@ -1,8 +1,10 @@
 """One trial: suggest a network, know its costs, decide whether to train it, train it, measure it.
 
 suggest a NetSpec -> analytic params/MACs -> over a static budget? never built (``over_budget``)
--> the study already trained this network? its result is reused (``reused``) -> build, train
-briefly, measure latency (``trained``); a network that does not fit in the device's memory is
+-> the study already trained this network? its result is reused (``reused``) -> latency of the
+untrained network (costs first: same compute; over ``max_latency_ms``? never trained) -> build,
+train briefly (``trained``), or stop at a rung of the pruner (``pruned``, Optuna state PRUNED:
+``search.asha``); a network that does not fit in the device's memory is
 recorded as infeasible (``out_of_memory``), so the sampler learns the region and the same
 network is never tried again on that device. Each step is mirrored into the trial's MLflow
 run, which always ends FINISHED, FAILED or KILLED.
@@ -20,18 +22,28 @@ import optuna
 import torch
 
 from search import worker
+from search.asha import RUNGS_ATTR, decide, rung_epochs, rung_key, rung_losses
 from search.config import ExperimentConfig
-from search.data import Splits
+from search.data import Splits, steps_per_epoch
 from search.devices import device_name, memory_in_use, release_memory
 from search.errors import redact_text
 from search.latency import measure_latency
+from search.pareto import to_losses
 from search.progress import Progress
-from search.results import OUT_OF_MEMORY, OVER_BUDGET, REUSED, STATIC, TRAINED, Ledger
+from search.results import OUT_OF_MEMORY, OVER_BUDGET, PRUNED, REUSED, STATIC, TRAINED, Ledger
 from search.tracking import Tracker
 from search.train import NonFiniteLoss, seed_everything, train_model
 from space import NetSpec, build_model, complexity
 
 OOM_ERRORS = (MemoryError, torch.cuda.OutOfMemoryError)
+
+
+class Stopped(Exception):
+    """Raised from a rung by the pruner: the trial is not in the top 1/eta there."""
+
+    def __init__(self, rung: int, place: int, of: int, keep: int, accuracy: float) -> None:
+        super().__init__(f"stopped at the {rung}-epoch rung: place {place} of {of} there, only the top {keep} go on")
+        self.rung, self.place, self.of, self.accuracy = rung, place, of, accuracy
 OOM_MARKERS = ("out of memory", "can't allocate memory", "ALLOC_FAILED")
 
 
@@ -139,6 +151,16 @@ class Objective:
             self.tracker.log(run_id, params=run_params(spec, cfg), metrics=metrics, series=series, tags=tags)
             self.tracker.log_text(run_id, spec.to_yaml(), "spec.yaml")
             return values
+        except optuna.TrialPruned:
+            status = "FINISHED"
+            info = trial.user_attrs.get("pruned", {})
+            curve = trial.user_attrs.get("curve") or {}
+            self.tracker.log(run_id, params=run_params(spec, cfg), metrics=info.get("metrics", {}),
+                             series={k: v for k, v in curve.items() if k != "elapsed_s"}, tags={
+                                 "state": "pruned", "outcome": PRUNED, "rung": info.get("rung"),
+                                 "reason": info.get("reason", ""), **({"reused_from": info["reused_from"]}
+                                                                      if "reused_from" in info else {})})
+            raise
         except (KeyboardInterrupt, SystemExit) as e:
             status = "KILLED"
             reason = f"interrupted ({e})" if str(e) else "interrupted"
@@ -223,34 +245,90 @@ class Objective:
             return tuple(twin.values[o] for o in cfg.objectives), metrics, {}, {
                 "state": "reused", "outcome": REUSED, "reused_from": twin.number}
 
+        pruned = self.ledger.pruned.get(spec.hash)
+        if pruned is not None:  # stopped at a rung before: the same decision, free
+            info = {**pruned.user_attrs.get("pruned", {}), "reused_from": pruned.number}
+            info.pop("metrics", None)
+            trial.set_user_attr("outcome", PRUNED)
+            trial.set_user_attr("pruned", info)
+            self.progress.note(f"same network as trial {pruned.number}: stopped there at rung {info.get('rung')}")
+            raise optuna.TrialPruned(f"same network as trial {pruned.number}, stopped there")
+
+        tags = {"state": "complete", "outcome": TRAINED}
+        if cfg.latency.enabled:  # costs first: the untrained network has the trained one's compute
+            lat = measure_latency(build_model(spec), spec.in_ch, spec.input_size, cfg.latency, self.latency_device,
+                                  bf16=cfg.train.bf16, channels_last=cfg.train.nhwc(self.latency_device))
+            known.update(latency_ms=lat.median_ms, latency_p10_ms=lat.p10_ms, latency_p90_ms=lat.p90_ms,
+                         latency_cv=lat.cv)
+            tags.update({f"latency.{k}": v for k, v in lat.protocol.items()})
+            bound = cfg.constraints.max_latency_ms
+            if bound is not None:
+                constrain(trial, "max_latency_ms", lat.median_ms - bound)
+                if lat.median_ms > bound:  # never trained
+                    trial.set_user_attr("outcome", OVER_BUDGET)
+                    trial.set_user_attr("metrics", known)
+                    what = f"latency {lat.median_ms:.3g} ms > {bound:g}"
+                    self.progress.note(f"over budget ({what}): skipped, never trained")
+                    values = {**dict(zip(cfg.objectives, self._placeholder(cx), strict=True)),
+                              "latency_ms": lat.median_ms}
+                    return tuple(values[o] for o in cfg.objectives), known, {}, {
+                        **tags, "state": "infeasible", "outcome": OVER_BUDGET, "skipped": what}
+
         seed = trial_seed(cfg.search.seed, trial.number)
+        tags["seed"] = seed
+        rungs = set(rung_epochs(cfg.search.min_epochs, cfg.search.eta, cfg.train.epochs)
+                    if cfg.search.pruner == "asha" else ())
+        records: dict[str, list[float]] = {}
+        history = []
 
         def on_epoch(record) -> None:
+            history.append(record)
             self.progress.epoch(record)
             trial.set_user_attr("epochs_done", record.epoch)
+            if record.epoch in rungs:
+                self._rung(trial, record, records, known)
 
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("threads", torch.get_num_threads())
         trial.set_user_attr("epochs_done", 0)  # training has begun (watchers and tests read this)
-        model, result = build_and_train(spec, self.splits, cfg.train, self.device, seed, on_epoch)
+        try:
+            model, result = build_and_train(spec, self.splits, cfg.train, self.device, seed, on_epoch)
+        except Stopped as stop:
+            trial.set_user_attr("outcome", PRUNED)
+            reason = str(stop)
+            trial.set_user_attr("pruned", {
+                "rung": stop.rung, "place": stop.place, "of": stop.of, "reason": reason,
+                "metrics": {**known, "val_accuracy": stop.accuracy, "epochs": stop.rung}})
+            self._set_curve(trial, history)
+            self.progress.note(reason)
+            raise optuna.TrialPruned(reason) from None
+        per_epoch = steps_per_epoch(len(self.splits.train_y), cfg.train.batch_size)
         metrics = {**known, "val_accuracy": result.val_accuracy, "train_time_s": result.train_time_s,
-                   "train_loss": result.history[-1].train_loss, "epochs": len(result.history)}
-        tags = {"state": "complete", "outcome": TRAINED, "seed": seed}
-        if cfg.latency.enabled:
-            lat = measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, self.latency_device,
-                                  bf16=cfg.train.bf16, channels_last=cfg.train.nhwc(self.latency_device))
-            metrics.update(latency_ms=lat.median_ms, latency_p10_ms=lat.p10_ms,
-                           latency_p90_ms=lat.p90_ms, latency_cv=lat.cv)
-            tags.update({f"latency.{k}": v for k, v in lat.protocol.items()})
-            if cfg.constraints.max_latency_ms is not None:
-                constrain(trial, "max_latency_ms", lat.median_ms - cfg.constraints.max_latency_ms)
+                   "train_loss": result.history[-1].train_loss, "epochs": round(result.steps / per_epoch, 4)}
+        del model
         trial.set_user_attr("metrics", metrics)
-        # the learning curve lives in user attributes, never in Optuna's intermediate values (which a
-        # multi-objective study refuses, and which make TPE fail on pruned trials)
-        trial.set_user_attr("curve", {"val_accuracy": [r.val_accuracy for r in result.history],
-                                      "train_loss": [r.train_loss for r in result.history],
-                                      "elapsed_s": [r.elapsed_s for r in result.history]})
+        self._set_curve(trial, result.history)
         trial.set_user_attr("outcome", TRAINED)
         series = {"val_accuracy": [r.val_accuracy for r in result.history],
                   "train_loss": [r.train_loss for r in result.history]}
         return tuple(metrics[o] for o in cfg.objectives), metrics, series, tags
+
+    def _rung(self, trial: optuna.Trial, record, records: dict[str, list[float]], known: dict) -> None:
+        """At a rung: record this trial's values there, then go on only in the top 1/eta (else raise Stopped)."""
+        cfg = self.cfg
+        values = [{**known, "val_accuracy": record.val_accuracy}[o] for o in cfg.objectives]
+        records[rung_key(record.epoch)] = values
+        trial.set_user_attr(RUNGS_ATTR, dict(records))
+        others = rung_losses(trial.study.get_trials(deepcopy=False), record.epoch, cfg.directions,
+                             exclude=trial.number)
+        go, place, n = decide(to_losses(values, cfg.directions), others, cfg.search.eta)
+        if not go:
+            raise Stopped(record.epoch, place + 1, n, max(1, n // cfg.search.eta), record.val_accuracy)
+
+    @staticmethod
+    def _set_curve(trial: optuna.Trial, history) -> None:
+        # the learning curve lives in user attributes, never in Optuna's intermediate values (which a
+        # multi-objective study refuses, and which make TPE fail on pruned trials)
+        trial.set_user_attr("curve", {"val_accuracy": [r.val_accuracy for r in history],
+                                      "train_loss": [r.train_loss for r in history],
+                                      "elapsed_s": [r.elapsed_s for r in history]})

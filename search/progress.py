@@ -31,14 +31,16 @@ class Progress:
 
     Args:
         total: trials the study should complete.
+        budget_epochs: the study's training-epoch budget, shown beside the trials when set.
         quiet: print nothing.
         stream: where to write (stderr by default, so stdout stays for tables).
         clock: seconds (monotonic); tests pass their own.
     """
 
     def __init__(self, total: int, quiet: bool = False, stream=None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        self.total, self.quiet = total, quiet
+                 clock: Callable[[], float] = time.perf_counter, budget_epochs: float | None = None) -> None:
+        self.total, self.quiet, self.budget = total, quiet, budget_epochs
+        self.epochs = 0.0  # training epochs spent by the study (search.budget_epochs)
         self.stream = stream or sys.stderr
         self.live = not quiet and self.stream.isatty()
         self.clock = clock
@@ -58,7 +60,8 @@ class Progress:
 
     def _line(self) -> str:
         m, s = divmod(int(self.clock() - self.t0), 60)
-        return (f"[{self.done}/{self.total} trained{self.free} | pareto {self.front} | {m:02d}:{s:02d} | "
+        budget = f" | {self.epochs:g}/{self.budget:g} epochs" if self.budget is not None else ""
+        return (f"[{self.done}/{self.total} trained{self.free}{budget} | pareto {self.front} | {m:02d}:{s:02d} | "
                 f"{format_eta(self.eta_s())}] {self.current}")
 
     def _show(self, final: bool = False) -> None:
@@ -91,15 +94,16 @@ class Progress:
     def trial_finished(self, number: int, status: str) -> None:
         self.current += f" -> {status.lower()}"
 
-    def pareto(self, size: int, counts: dict[str, int]) -> None:
-        """After a trial: the front's size and the trials by outcome (``search.results.outcome_counts``)."""
+    def pareto(self, size: int, counts: dict[str, int], epochs: float = 0.0) -> None:
+        """After a trial: the front's size, the trials by outcome (``search.results.outcome_counts``), epochs spent."""
+        self.epochs = round(epochs, 2)
         new = counts["trained"] - self.done
         if new > 0:  # trained trials ended since the last one seen (several: other workers' too)
             now = self.clock()
             self.per_trained += [(now - self.last_end) / new] * new
             self.last_end = now
         self.front, self.done = size, counts["trained"]
-        free = {"reused": counts["reused"], "over budget": counts["over_budget"],
+        free = {"pruned": counts.get("pruned", 0), "reused": counts["reused"], "over budget": counts["over_budget"],
                 "out of memory": counts["out_of_memory"], "failed": counts["failed"]}
         self.free = "".join(f", {n} {what}" for what, n in free.items() if n)
         self._show(final=True)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # only a type here: reading a study's results needs no mlflow
 
 TRAINED, REUSED, OVER_BUDGET, OUT_OF_MEMORY = "trained", "reused", "over_budget", "out_of_memory"
 OUTCOMES = (TRAINED, REUSED, OVER_BUDGET, OUT_OF_MEMORY)
+PRUNED = "pruned"  # stopped at a rung of the pruner (Optuna state PRUNED; never on the front)
 STATIC = {"max_params": "params", "max_macs": "macs"}  # constraints known before building
 REF_MARGIN = 1.1  # the reference point lies this far beyond the largest cost the study can see
 LATENCY_HEADROOM = 2.0  # ... and latency, measured (noisy), this much beyond the largest network's
@@ -87,19 +88,30 @@ def front_table(front: list[Row], objectives: tuple[str, ...]) -> list[dict]:
 
 
 def outcome_counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by outcome: trained, reused, over_budget, out_of_memory, failed, running."""
-    counts = dict.fromkeys((*OUTCOMES, "failed", "running"), 0)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)):
+    """Trials by outcome: trained, reused, over_budget, out_of_memory, pruned, failed, running."""
+    counts = dict.fromkeys((*OUTCOMES, PRUNED, "failed", "running"), 0)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING,
+                                                      TrialState.PRUNED)):
         if t.state == TrialState.COMPLETE:
             counts[t.user_attrs.get("outcome", TRAINED)] += 1
         else:
-            counts["failed" if t.state == TrialState.FAIL else "running"] += 1
+            counts[{TrialState.FAIL: "failed", TrialState.PRUNED: PRUNED}.get(t.state, "running")] += 1
     return counts
 
 
 def describe_counts(counts: dict[str, int]) -> str:
-    """``12 trained, 3 reused, 4 over budget, 0 out of memory, 1 failed``."""
-    return ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in (*OUTCOMES, "failed"))
+    """``12 trained, 3 reused, 4 over budget, 0 out of memory, 1 failed`` (and ``5 pruned`` when any were)."""
+    keys = (*OUTCOMES, *((PRUNED,) if counts.get(PRUNED) else ()), "failed")
+    return ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in keys)
+
+
+def epochs_spent(t: optuna.trial.FrozenTrial) -> float:
+    """Training epochs a finished trial spent: a trained network's, a stopped one's rung, else 0."""
+    if t.state == TrialState.COMPLETE and t.user_attrs.get("outcome", TRAINED) == TRAINED:
+        return float((t.user_attrs.get("metrics") or {}).get("epochs", 0.0))
+    if t.state == TrialState.PRUNED and "reused_from" not in (t.user_attrs.get("pruned") or {}):
+        return float((t.user_attrs.get("pruned") or {}).get("rung", 0.0))
+    return 0.0
 
 
 # -- hypervolume ----------------------------------------------------------------------------------
@@ -189,9 +201,12 @@ class Ledger:
         self.objectives, self.directions = objectives, directions
         self.rows: dict[int, Row] = {}
         self.failed: set[int] = set()
+        self.stopped: set[int] = set()  # trials stopped at a rung (PRUNED)
         self.running = 0  # running trials claimed by a worker, at the last update
-        self.counts = dict.fromkeys((*OUTCOMES, "failed", "running"), 0)
+        self.counts = dict.fromkeys((*OUTCOMES, PRUNED, "failed", "running"), 0)
+        self.epochs = 0.0  # training epochs spent by the finished trials (search.budget_epochs)
         self.trained: dict[str, Row] = {}  # spec hash -> the first trial that trained it
+        self.pruned: dict[str, optuna.trial.FrozenTrial] = {}  # spec hash -> the first trial stopped at a rung
         self.out_of_memory: dict[tuple[str, str], Row] = {}  # (spec hash, device) -> the first such trial
         self.seen: set[str] = set()  # networks trained, over budget or out of memory (the space's used part)
         self.front: list[Row] = []
@@ -203,6 +218,8 @@ class Ledger:
     def _add(self, r: Row) -> None:
         self.rows[r.number] = r
         self.counts[r.outcome] += 1
+        if r.outcome == TRAINED:
+            self.epochs += float((r.attrs.get("metrics") or {}).get("epochs", 0.0))
         h = r.attrs.get("spec_hash")
         if r.outcome in (TRAINED, OVER_BUDGET, OUT_OF_MEMORY):
             self.seen.add(h)
@@ -239,7 +256,15 @@ class Ledger:
                 if t.number not in self.failed:
                     self.failed.add(t.number)
                     self.counts["failed"] += 1
-            elif not t.state.is_finished():  # running or waiting (a pruned trial is finished, and not counted)
+            elif t.state == TrialState.PRUNED:
+                h = t.user_attrs.get("spec_hash")
+                if t.number not in self.stopped:
+                    self.stopped.add(t.number)
+                    self.counts[PRUNED] += 1
+                    self.epochs += epochs_spent(t)
+                    if h not in self.pruned or self.pruned[h].number > t.number:
+                        self.pruned[h] = t
+            elif not t.state.is_finished():  # running or waiting
                 if low is None:
                     low = t.number
                 running += t.state == TrialState.RUNNING and "worker" in t.user_attrs

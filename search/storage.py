@@ -25,7 +25,8 @@ from space.errors import SpecError
 LOST_AFTER = 4  # missed heartbeats after which a running trial is declared lost (RDB storages)
 # settings that may change when a study is resumed: they decide how much is run, where and how it
 # is watched, never what a trial's result is
-RESUMABLE = ("search.n_trials", "search.timeout_s", "search.sampler", "search.storage",
+RESUMABLE = ("search.n_trials", "search.budget_epochs", "search.timeout_s", "search.sampler", "search.pruner",
+             "search.min_epochs", "search.eta", "search.storage",
              "search.max_consecutive_failures", "search.heartbeat_s", "train.threads", "--workers", "tracking.*")
 
 

@@ -42,6 +42,7 @@ from search.results import (
     Ledger,
     Summary,
     describe_counts,
+    epochs_spent,
     hv_reference,
     log_study_artifacts,
     outcome_counts,
@@ -123,7 +124,8 @@ class _FreeStreak:
         self.streak = 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        free = trial.state == TrialState.COMPLETE and trial.user_attrs.get("outcome") != TRAINED
+        free = ((trial.state == TrialState.COMPLETE and trial.user_attrs.get("outcome") != TRAINED)
+                or (trial.state == TrialState.PRUNED and "reused_from" in (trial.user_attrs.get("pruned") or {})))
         self.streak = self.streak + 1 if free else 0
 
     def message(self) -> str | None:
@@ -159,7 +161,8 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
     study.sampler = make_sampler(cfg, seed)
 
     stream = worker.labelled(sys.stderr, label) if label else None
-    progress = Progress(n, quiet=quiet, stream=stream)
+    budget = cfg.search.budget_epochs
+    progress = Progress(n, quiet=quiet, stream=stream, budget_epochs=budget)
     ledger = Ledger(cfg.objectives, cfg.directions).update(study)
     objective = Objective(cfg, splits, device, tracker, parent_id, progress, ledger)
     limit, free = _FailureLimit(cfg.search.max_consecutive_failures), _FreeStreak()
@@ -176,8 +179,12 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
             changes[trial.number] = "false"
         tracker.set_pareto_tags({rid: v for n, v in changes.items() if (rid := _run_id(ledger, trial, n)) is not None})
         tagged = front
-        tracker.log(parent_id, metrics={"hypervolume": study_hypervolume(summary.front, ref)}, step=trial.number)
-        progress.pareto(len(summary.front), summary.counts)
+        hv = study_hypervolume(summary.front, ref)
+        tracker.log(parent_id, metrics={"hypervolume": hv}, step=trial.number)
+        if trial.state == TrialState.PRUNED or trial.user_attrs.get("outcome") == TRAINED:  # compute was spent
+            tracker.log(parent_id, metrics={"hypervolume_by_epochs": hv, "epochs_spent": ledger.epochs},
+                        step=round(ledger.epochs))
+        progress.pareto(len(summary.front), summary.counts, ledger.epochs)
         if on_trial:
             on_trial(summary)
 
@@ -190,6 +197,10 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
             ledger.update(study)
             trained, running = ledger.counts[TRAINED], ledger.running
             if trained >= n:
+                break
+            if budget is not None and ledger.epochs >= budget:
+                stopped = f"the training budget is spent: {ledger.epochs:g} of {budget:g} epochs"
+                print(f"{f'[{label}] ' if label else ''}stopping: {stopped}", file=sys.stderr)
                 break
             if cfg.search.timeout_s is not None and time.monotonic() - t0 >= cfg.search.timeout_s:
                 break
@@ -440,4 +451,6 @@ def end_note(summary: Summary, cfg: ExperimentConfig) -> str:
     """One line for the end of a search: what was trained, reused, skipped and failed."""
     trained = summary.counts[TRAINED]
     short = "" if trained >= cfg.search.n_trials else f" (short of search.n_trials = {cfg.search.n_trials})"
-    return f"study '{cfg.study_name}': {describe_counts(summary.counts)}{short}"
+    epochs = sum(epochs_spent(t) for t in summary.study.get_trials(deepcopy=False))
+    budget = f" of search.budget_epochs = {cfg.search.budget_epochs:g}" if cfg.search.budget_epochs else ""
+    return f"study '{cfg.study_name}': {describe_counts(summary.counts)}{short}; {epochs:g} training epochs{budget}"

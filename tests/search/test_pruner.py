@@ -1,0 +1,93 @@
+"""The pruner in a real study: trials stopped at rungs end PRUNED with their records, the budget in epochs binds."""
+
+import math
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.results import PRUNED, epochs_spent
+from search.study import run_search
+from space.errors import SpecError
+
+
+@pytest.fixture(scope="module")
+def pruned_study(tmp_path_factory):
+    from search.config import experiment_from_dict
+
+    from .conftest import tiny_raw
+
+    tmp = tmp_path_factory.mktemp("asha")
+    raw = tiny_raw(tmp, search={"n_trials": 50, "budget_epochs": 20, "pruner": "asha", "min_epochs": 1, "eta": 2,
+                                "sampler": "random"},
+                   train={"epochs": 3})
+    cfg = experiment_from_dict(raw, name="asha")
+    return cfg, run_search(cfg, quiet=True), tmp
+
+
+@pytest.mark.slow
+def test_stopped_trials_are_pruned_with_their_rung_and_never_on_the_front(pruned_study):
+    cfg, summary, tmp = pruned_study
+    trials = summary.study.get_trials(deepcopy=False)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    trained = [t for t in trials if t.user_attrs.get("outcome") == "trained"]
+    assert pruned and trained
+    for t in pruned:
+        info = t.user_attrs["pruned"]
+        assert t.user_attrs["outcome"] == PRUNED and info["rung"] in (1, 2) and info["place"] >= 1
+        if "reused_from" not in info:
+            assert str(info["rung"]) in t.user_attrs["rungs"]  # its record at the rung where it stopped
+            assert len(t.user_attrs["curve"]["val_accuracy"]) == info["rung"]  # the curve up to the stop
+    for t in trained:  # a trained trial passed every rung, each recorded
+        assert set(t.user_attrs["rungs"]) == {"1", "2"}
+        assert len(t.user_attrs["curve"]["val_accuracy"]) == 3
+    assert not any(t.intermediate_values for t in trials)  # curves never in intermediate values
+    front = {r.number for r in summary.front}
+    assert front and not front & {t.number for t in pruned}
+    assert summary.counts[PRUNED] == len(pruned)
+
+
+@pytest.mark.slow
+def test_the_epoch_budget_stops_the_study_and_is_logged(pruned_study):
+    cfg, summary, tmp = pruned_study
+    trials = summary.study.get_trials(deepcopy=False)
+    spent = sum(epochs_spent(t) for t in trials)
+    assert 20 <= spent < 20 + 3  # stops at the first trial that reaches the budget
+    assert summary.counts["trained"] < cfg.search.n_trials  # the budget bound, not n_trials
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    parent = summary.parent_id
+    history = client.get_metric_history(parent, "hypervolume_by_epochs")
+    assert history and max(m.step for m in history) == round(spent)
+    runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id],
+                              filter_string="tags.state = 'pruned'")
+    assert len(runs) == summary.counts[PRUNED]
+    assert all(r.data.tags["rung"] in ("1", "2") and r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"search": {"pruner": "asha", "sampler": "nsga2"}}, "NSGA-II ignores stopped trials"),
+    ({"search": {"pruner": "asha"}, "train": {"epochs": 1}}, "no rung to stop a trial at"),
+    ({"search": {"eta": 1}}, "search.eta must be an integer >= 2"),
+    ({"search": {"budget_epochs": 0}}, "search.budget_epochs must be > 0"),
+])
+def test_pruner_settings_that_cannot_work_are_refused(tmp_path, change, says):
+    from search.config import experiment_from_dict
+
+    from .conftest import tiny_raw
+
+    with pytest.raises(SpecError, match=says):
+        experiment_from_dict(tiny_raw(tmp_path, **change), name="x")
+
+
+def test_epochs_spent_counts_training_only():
+    study = optuna.create_study(directions=["maximize"])
+    for attrs, state in (({"outcome": "trained", "metrics": {"epochs": 3.0}}, "COMPLETE"),
+                         ({"outcome": "reused", "metrics": {"epochs": 3.0}}, "COMPLETE"),
+                         ({"outcome": "pruned", "pruned": {"rung": 2}}, "PRUNED"),
+                         ({"outcome": "pruned", "pruned": {"rung": 2, "reused_from": 2}}, "PRUNED")):
+        t = study.ask()
+        for k, v in attrs.items():
+            t.set_user_attr(k, v)
+        study.tell(t, [0.5]) if state == "COMPLETE" else study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    assert [epochs_spent(t) for t in study.get_trials()] == [3.0, 0.0, 2.0, 0.0]
+    assert not math.isnan(sum(epochs_spent(t) for t in study.get_trials()))
