@@ -91,3 +91,21 @@ def test_epochs_spent_counts_training_only():
         study.tell(t, [0.5]) if state == "COMPLETE" else study.tell(t, state=optuna.trial.TrialState.PRUNED)
     assert [epochs_spent(t) for t in study.get_trials()] == [3.0, 0.0, 2.0, 0.0]
     assert not math.isnan(sum(epochs_spent(t) for t in study.get_trials()))
+
+
+@pytest.mark.slow
+def test_a_resumed_study_ranks_against_the_rung_records_it_already_has(pruned_study):
+    import dataclasses
+
+    cfg, summary, tmp = pruned_study
+    before = summary.study.get_trials(deepcopy=False)
+    at_rung_1 = sum("1" in (t.user_attrs.get("rungs") or {}) for t in before)
+    more = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, budget_epochs=30))
+    resumed = run_search(more, quiet=True)
+    new = [t for t in resumed.study.get_trials(deepcopy=False) if t.number >= len(before)]
+    stopped = [t for t in new if t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["pruned"]["rung"] == 1
+               and "reused_from" not in t.user_attrs["pruned"]]
+    spent = sum(epochs_spent(t) for t in resumed.study.get_trials(deepcopy=False))
+    assert new and spent > sum(epochs_spent(t) for t in before)  # the raised budget bought more training
+    # every decision after the resume saw the first run's records at that rung
+    assert all(t.user_attrs["pruned"]["of"] > at_rung_1 for t in stopped)
