@@ -1,6 +1,7 @@
 """Every benchmark runs in its --quick mode and prints its evidence: the environment header
 and at least one ratio line. Structure only: these machines are too noisy for timed asserts."""
 
+import json
 import re
 
 import pytest
@@ -17,6 +18,7 @@ from benchmarks import (
     report,
     run_all,
     scale,
+    search_quality,
     trainer,
 )
 
@@ -121,3 +123,28 @@ def test_gpu_study_quick_runs_the_cifar10_recipe_through_its_real_path(capsys):
     assert len(out_["rates"]) >= 2 and all(r > 0 for r in out_["rates"])
     assert re.search(r"pareto tags: all \d+ trial runs agree with the final front", out)
     assert "out of memory:" not in out  # the CUDA-only checks are skipped on the CPU
+
+
+@pytest.mark.slow
+def test_search_quality_quick_replays_the_shipped_table(capsys):
+    result = search_quality.main(["--quick"])
+    out = capsys.readouterr().out
+    check(out)
+    assert "true front" in out and "difference to random" in out and "epochs to reach" in out
+    for (name, budget), ratio in ((k, v) for k, v in result.items() if len(k) == 2 and k[1] not in (0.9, 0.95)):
+        assert 0 < ratio <= 1.0 + 1e-9, (name, budget, ratio)  # a ratio to the true front's hypervolume
+
+
+def test_replay_spends_the_budget_and_stops_trials_at_rungs_only_with_the_pruner():
+    cfg = search_quality.experiment()
+    data = json.loads(search_quality.TABLE.read_text())
+    table = search_quality.Table(data, list(cfg.objectives), cfg.directions)
+    for pruner in (False, True):
+        history, study = search_quality.replay(table, cfg, "random", pruner, seed=1, budget=80)
+        spent = [s for s, _, _ in history]
+        assert spent == sorted(spent) and 80 <= spent[-1] < 80 + table.epochs
+        ratios = [h for _, h, _ in history]
+        assert ratios == sorted(ratios) and 0 < ratios[-1] <= 1  # a front only grows
+        pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+        assert bool(pruned) == pruner
+        assert not any(t.intermediate_values for t in study.trials)

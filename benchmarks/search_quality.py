@@ -1,0 +1,379 @@
+"""Search quality: how much of the true Pareto front each strategy finds for a given compute.
+
+A small space is tabulated once (``build``): every network within the experiment's budget is
+trained with one fixed seed, its validation accuracy recorded after every epoch, its latency
+measured; the table (``benchmarks/data/<name>-table.json``) keeps the recipe that made it. The
+strategies are then replayed against the table at equal compute (training epochs): the study's
+own samplers (``search.storage.make_sampler``), its own search space (``SearchSpace.suggest``),
+its budget rules (over-budget and repeated proposals are free; 200 free proposals in a row end a
+run), and for the pruner the study's own rules (``search.asha``): a trial reaching a rung writes its
+accuracy there and goes on only in the top ``1/eta``. A replay is deterministic given its seed.
+
+For every strategy, ``--seeds`` seeds: the hypervolume of the feasible front found so far, as a
+ratio to the table's true front (accuracy and the cost objectives min-max normalised over the
+table, reference 1.1), at several budgets, with bootstrap 95% intervals of the mean; the
+difference to random search with its interval (significant when the interval excludes 0); the
+epochs needed to reach 90% and 95% of the true hypervolume. ``noise`` measures the accuracy
+noise between seeds against the spread of the space, which says whether the table can rank.
+
+    python -m benchmarks.search_quality                 # replay (about a minute or two per strategy set)
+    python -m benchmarks.search_quality --quick         # CI smoke: 3 seeds, 2 strategies, small budgets
+    python -m benchmarks.search_quality build           # re-make the table (~10 min on one core)
+    python -m benchmarks.search_quality noise           # seed noise vs the space's spread
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from benchmarks._report import env_header, footer, set_threads, target
+from search.asha import RUNGS_ATTR, decide, rung_epochs, rung_key, rung_losses
+from search.config import load_experiment
+from search.objective import constrain
+from search.pareto import hypervolume, non_dominated, to_losses
+from search.results import STATIC
+from search.storage import make_sampler, recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+EXPERIMENT = ROOT / "experiments" / "quickstart.yaml"
+# the recipe of the shipped table: the quickstart with a larger validation split (see `noise`)
+OVERRIDES = ("data.val_fraction=0.4",)
+TABLE = DATA / "quickstart-table.json"
+FREE_STREAK = 200  # free proposals in a row that end a replay, as in a study
+STRATEGIES = {  # name -> (sampler, pruner)
+    "random": ("random", False),
+    "tpe": ("tpe", False),
+    "nsga2": ("nsga2", False),
+    "random+asha": ("random", True),
+    "tpe+asha": ("tpe", True),
+}
+
+
+def experiment(overrides=OVERRIDES):
+    return load_experiment(EXPERIMENT, list(overrides) + ["train.device=cpu", "train.threads=1"])
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(overrides) -> None:
+    import torch
+
+    from search.data import load_splits
+
+    set_threads(1)
+    cfg = experiment(overrides)
+    _WORKER.update(cfg=cfg, splits=load_splits(cfg.data, torch.device("cpu")))
+
+
+def _tabulate(spec) -> dict:
+    """One row: costs for every network; curve and latency for one within the budget."""
+    import torch
+
+    from search.latency import measure_latency
+    from search.objective import build_and_train
+    from space import complexity
+
+    cfg, device = _WORKER["cfg"], torch.device("cpu")
+    cx = complexity(spec)
+    row = {"hash": spec.hash, "name": spec.name, "params": cx.params, "macs": cx.macs}
+    if cfg.constraints.max_params is None or cx.params <= cfg.constraints.max_params:
+        model, result = build_and_train(spec, _WORKER["splits"], cfg.train, device, 0)
+        lat = measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, device)
+        row.update(curve=[round(h.val_accuracy, 6) for h in result.history], latency_ms=lat.median_ms,
+                   train_time_s=round(result.train_time_s, 3))
+    return row
+
+
+def build(out: Path, overrides=OVERRIDES, jobs: int = 1) -> dict:
+    """Train every network of the experiment's space within its budget once (seed 0); write the table."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    cfg = experiment(overrides)
+    specs = cfg.space.enumerate()
+    rows, t0 = [], time.perf_counter()
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(overrides,)) as pool:
+        for i, row in enumerate(pool.map(_tabulate, specs)):
+            rows.append(row)
+            if (i + 1) % 24 == 0:
+                print(f"  {i + 1}/{len(specs)} networks, {time.perf_counter() - t0:.0f} s", flush=True)
+    table = {"experiment": str(EXPERIMENT.relative_to(ROOT)), "overrides": list(overrides),
+             "recipe": recipe(cfg), "seed": 0, "made": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+             "env": env_header("cpu").splitlines(), "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(table, indent=0))
+    print(f"table:       {out} ({len(rows)} networks, {sum('curve' in r for r in rows)} trained, {jobs} processes) "
+          f"in {time.perf_counter() - t0:.0f} s")
+    return table
+
+
+class Table:
+    """The tabulated space: trained rows by network hash, and the true front's hypervolume."""
+
+    def __init__(self, data: dict, objectives: list[str], directions: list[str]) -> None:
+        self.rows = {r["hash"]: r for r in data["rows"]}
+        self.objectives, self.directions = objectives, directions
+        trained = [r for r in data["rows"] if "curve" in r]
+        self.epochs = len(trained[0]["curve"])
+        raw = np.array([to_losses(self.values(r), directions) for r in trained])
+        self.lo, self.hi = raw.min(axis=0), raw.max(axis=0)
+        self.ref = [1.1] * len(objectives)
+        self.true_hv = hypervolume(self.normalise(raw[non_dominated(raw.tolist())]), self.ref)
+        self.true_front = len(non_dominated(raw.tolist()))
+        self.trained = len(trained)
+
+    def values(self, row: dict, epochs: int | None = None) -> tuple[float, ...]:
+        acc = row["curve"][(epochs or self.epochs) - 1]
+        known = {"val_accuracy": acc, "params": row["params"], "macs": row["macs"], "latency_ms": row["latency_ms"]}
+        return tuple(known[o] for o in self.objectives)
+
+    def normalise(self, losses) -> list[list[float]]:
+        return ((np.asarray(losses, float) - self.lo) / np.where(self.hi > self.lo, self.hi - self.lo, 1)).tolist()
+
+    def ratio(self, losses: list) -> float:
+        if not losses:
+            return 0.0
+        front = [losses[i] for i in non_dominated(losses)]
+        return hypervolume(self.normalise(front), self.ref) / self.true_hv
+
+
+# -- one replay ---------------------------------------------------------------------------------
+
+def replay(table: Table, cfg, sampler: str, pruner: bool, seed: int, budget: float, *, eta: int = 3,
+           min_epochs: int = 1, sampler_cfg: dict | None = None) -> tuple[list, optuna.Study]:
+    """One search against the table until ``budget`` epochs are spent.
+
+    Returns the history ``[(epochs spent, hypervolume ratio, networks trained to the end), ...]``
+    after every trial that spent compute, and the study.
+    """
+    search = dataclasses.replace(cfg.search, sampler=sampler, n_trials=max(1, round(budget / table.epochs)),
+                                 **(sampler_cfg or {}))
+    scfg = dataclasses.replace(cfg, search=search)
+    study = optuna.create_study(directions=cfg.directions, sampler=make_sampler(scfg, seed))
+    rungs = rung_epochs(min_epochs, eta, table.epochs) if pruner else []
+    spent, found, done, free, seen = 0.0, [], 0, 0, {}
+    history = [(0.0, 0.0, 0)]
+    while spent < budget and free < FREE_STREAK:
+        trial = study.ask()
+        spec = cfg.space.suggest(trial)
+        row = table.rows[spec.hash]
+        for key, metric in STATIC.items():
+            bound = getattr(cfg.constraints, key)
+            if bound is not None:
+                constrain(trial, key, row[metric] - bound)
+        placeholder = tuple({"val_accuracy": 0.0, "latency_ms": math.inf}.get(o, row.get(o, 0)) for o in cfg.objectives)
+        if "curve" not in row:  # over budget: never built
+            study.tell(trial, placeholder)
+            free += 1
+            continue
+        if spec.hash in seen:  # the same network again: its result (or its stop) is reused, free
+            state = seen[spec.hash]
+            study.tell(trial, table.values(row)) if state == "complete" else study.tell(
+                trial, state=optuna.trial.TrialState.PRUNED)
+            free += 1
+            continue
+        free = 0
+        stopped_at = None
+        for r in rungs:
+            values = table.values(row, r)
+            trial.set_user_attr(RUNGS_ATTR, {**(trial.user_attrs.get(RUNGS_ATTR) or {}), rung_key(r): values})
+            others = rung_losses(study.get_trials(deepcopy=False), r, cfg.directions, exclude=trial.number)
+            if not decide(to_losses(values, cfg.directions), others, eta)[0]:
+                stopped_at = r
+                break
+        if stopped_at is not None:
+            spent += stopped_at
+            seen[spec.hash] = "pruned"
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            spent += table.epochs
+            seen[spec.hash] = "complete"
+            values = table.values(row)
+            study.tell(trial, values)
+            found.append(list(to_losses(values, cfg.directions)))
+            done += 1
+        history.append((spent, table.ratio(found), done))
+    return history, study
+
+
+def at(history: list[tuple[float, float, int]], epochs: float) -> float:
+    """The hypervolume ratio reached within ``epochs``."""
+    return max((h for s, h, _ in history if s <= epochs), default=0.0)
+
+
+def epochs_to(history: list[tuple[float, float, int]], share: float) -> float:
+    """The epochs spent when the ratio first reached ``share`` (inf if never)."""
+    return next((s for s, h, _ in history if h >= share), math.inf)
+
+
+def boot(values, rng: np.random.Generator, n: int = 2000) -> tuple[float, float, float]:
+    """Mean and bootstrap 95% interval of the mean."""
+    v = np.asarray(values, float)
+    means = rng.choice(v, (n, len(v))).mean(axis=1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="replay", choices=("replay", "build", "noise"))
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 3 seeds, 2 strategies, small budgets")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per strategy (10)")
+    parser.add_argument("--budgets", default="10,20,30,50",
+                        help="compute budgets in full-trial equivalents (x train.epochs epochs)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, from: "
+                        + ", ".join(STRATEGIES))
+    parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--jobs", type=int, default=1, help="build: training processes (1 thread each)")
+    parser.add_argument("--eta", type=int, default=3)
+    parser.add_argument("--min-epochs", type=int, default=1)
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                        help="build/noise: the recipe's overrides of the quickstart (default: "
+                             + " ".join(OVERRIDES) + ")")
+    args = parser.parse_args(argv)
+    set_threads(1)
+    overrides = OVERRIDES if args.set is None else tuple(args.set)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.command == "build":
+        return build(args.table, overrides, args.jobs)
+    if args.command == "noise":
+        return noise(overrides)
+    cfg = experiment()
+    data = json.loads(args.table.read_text())
+    table = Table(data, list(cfg.objectives), cfg.directions)
+    names = ["random", "tpe+asha"] if args.quick else args.strategies.split(",")
+    seeds = args.seeds or (3 if args.quick else 10)
+    full = [5, 10] if args.quick else [int(b) for b in args.budgets.split(",")]  # in full-trial equivalents
+    budgets = [n * table.epochs for n in full]
+    rng = np.random.default_rng(0)
+
+    print("benchmark: search quality, strategies replayed against a tabulated space at equal compute")
+    print(env_header("cpu"))
+    print(f"table:       {args.table.relative_to(ROOT) if args.table.is_relative_to(ROOT) else args.table}: "
+          f"{len(table.rows)} networks of {data['experiment']} {' '.join(data['overrides'])}, {table.trained} "
+          f"within max_params (trained {table.epochs} epochs, seed {data['seed']}, made {data['made']}); "
+          f"true front {table.true_front} networks")
+    print(f"objectives:  {', '.join(cfg.objectives)}; hypervolume on losses min-max normalised over the table, "
+          f"reference 1.1, as a ratio to the true front's")
+    print(f"pruner:      rungs at {rung_epochs(args.min_epochs, args.eta, table.epochs)} epochs (min_epochs "
+          f"{args.min_epochs}, eta {args.eta}) of {table.epochs}")
+    print(f"repeats:     {seeds} seeds per strategy; 95% intervals: bootstrap of the mean over seeds")
+    t0 = time.perf_counter()
+    runs = {name: [replay(table, cfg, *STRATEGIES[name], seed, budgets[-1], eta=args.eta,
+                          min_epochs=args.min_epochs)[0] for seed in range(seeds)] for name in names}
+    print(f"replays:     {len(names) * seeds} in {time.perf_counter() - t0:.1f} s")
+
+    print(f"\nhypervolume ratio (mean [95% interval]) by compute, in epochs (= full trials x {table.epochs})")
+    print(f"{'strategy':<13}" + "".join(f"{f'{b:g} ep ({n})':>24}" for b, n in zip(budgets, full, strict=True)))
+    result = {}
+    for name in names:
+        cells = []
+        for b in budgets:
+            m, lo, hi = boot([at(h, b) for h in runs[name]], rng)
+            result[(name, b)] = m
+            cells.append(f"{m:.3f} [{lo:.3f},{hi:.3f}]")
+        print(f"{name:<13}" + "".join(f"{c:>24}" for c in cells))
+    if "random" in runs:
+        print("\ndifference to random (mean [95% interval]; * = significant)")
+        for name in (n for n in names if n != "random"):
+            cells = []
+            for b in budgets:
+                d = [at(h, b) - at(r, b) for h, r in zip(runs[name], runs["random"], strict=True)]
+                m, lo, hi = boot(d, rng)
+                result[(name, "diff", b)] = (m, lo, hi)
+                cells.append(f"{m:+.3f} [{lo:+.3f},{hi:+.3f}]{'*' if lo > 0 or hi < 0 else ' '}")
+            print(f"{name:<13}" + "".join(f"{c:>24}" for c in cells))
+    print("\nepochs to reach a share of the true front's hypervolume (median over seeds; reached by)")
+    for name in names:
+        parts = []
+        for share in (0.90, 0.95):
+            e = [epochs_to(h, share) for h in runs[name]]
+            ok = [x for x in e if math.isfinite(x)]
+            result[(name, share)] = float(np.median(e)) if len(ok) * 2 > len(e) else math.inf
+            parts.append(f"{share:.0%}: {result[(name, share)]:>6g} ep ({len(ok)}/{len(e)} seeds)")
+        print(f"{name:<13} " + "   ".join(parts))
+    if "tpe" in runs and "tpe+asha" in runs:
+        full_tpe, asha = result[("tpe", 0.95)], result[("tpe+asha", 0.95)]
+        share = asha / full_tpe if math.isfinite(full_tpe) and full_tpe else math.inf
+        print(target("pruner: 95% of the true hypervolume at <= 35% of the epochs full-fidelity TPE needs",
+                     share <= 0.35, f"{share:.0%}" if math.isfinite(share) else "not reached in the budget"))
+    if "random" in runs:
+        below = [(n, b) for n in names if n != "random" for b in budgets if result[(n, "diff", b)][2] < 0]
+        print(target("no strategy significantly below random at any budget", not below,
+                     ", ".join(f"{n} at {b:g} ep" for n, b in below) or "none below"))
+        if "tpe" in runs:
+            b50 = 50 * table.epochs
+            if b50 in budgets:
+                m, lo, hi = result[("tpe", "diff", b50)]
+                print(target("default sampler (tpe) above random by a significant margin at 50 trained networks",
+                             lo > 0, f"{m:+.3f} [{lo:+.3f},{hi:+.3f}]"))
+        if "tpe+asha" in runs:
+            m, lo, hi = result[("tpe+asha", "diff", budgets[-1])]
+            print(f"ratio       tpe+asha / random hypervolume at {budgets[-1]:g} epochs: "
+                  f"{result[('tpe+asha', budgets[-1])] / result[('random', budgets[-1])]:.3f}x")
+    print(footer())
+    return result
+
+
+def noise(overrides=OVERRIDES, sample: int = 24, n_nets: int = 6, n_seeds: int = 4) -> dict:
+    """Seed noise of the final accuracy against the spread of the space's better half.
+
+    ``sample`` random networks within the budget are trained once (seed 0); the spread is the best
+    accuracy minus the median. ``n_nets`` of the better half are retrained with ``n_seeds`` seeds;
+    the noise is their mean standard deviation. A table can rank the better half when the noise
+    is below a third of the spread.
+    """
+    import random
+
+    import torch
+
+    from search.data import load_splits
+    from search.objective import build_and_train
+    from space import complexity
+
+    cfg = experiment(overrides)
+    device = torch.device("cpu")
+    splits = load_splits(cfg.data, device)
+    specs = [s for s in cfg.space.enumerate()
+             if cfg.constraints.max_params is None or complexity(s).params <= cfg.constraints.max_params]
+    picked = random.Random(0).sample(specs, sample)
+    t0 = time.perf_counter()
+
+    def acc(spec, seed: int) -> float:
+        return build_and_train(spec, splits, cfg.train, device, seed)[1].val_accuracy
+
+    first = sorted(((acc(s, 0), s) for s in picked), key=lambda a: -a[0])
+    accs = [a for a, _ in first]
+    spread = accs[0] - float(np.median(accs))
+    better = first[: len(first) // 2]
+    chosen = [better[i * len(better) // n_nets] for i in range(n_nets)]
+    sds = []
+    for a0, spec in chosen:
+        runs = [a0] + [acc(spec, seed) for seed in range(1, n_seeds)]
+        sds.append(float(np.std(runs, ddof=1)))
+    sd = float(np.mean(sds))
+    n_val = len(splits.val_y)
+    print(f"noise:       {' '.join(overrides) or 'the experiment as it is'}: {n_val} validation images; "
+          f"{sample} networks, spread of the better half (best - median) {spread * 100:.2f} points; "
+          f"seed sd over {n_seeds} seeds of {n_nets} of them: mean {sd * 100:.2f} points "
+          f"(each: {', '.join(f'{x * 100:.2f}' for x in sds)}); ratio spread / sd {spread / sd:.1f} "
+          f"({time.perf_counter() - t0:.0f} s)")
+    print(target("seed noise below a third of the better half's spread", sd < spread / 3,
+                 f"{sd * 100:.2f} vs {spread / 3 * 100:.2f} points"))
+    return {"spread": spread, "sd": sd, "n_val": n_val}
+
+
+if __name__ == "__main__":
+    main()
