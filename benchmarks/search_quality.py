@@ -20,6 +20,7 @@ noise between seeds against the spread of the space, which says whether the tabl
     python -m benchmarks.search_quality --quick         # CI smoke: 3 seeds, 2 strategies, small budgets
     python -m benchmarks.search_quality build           # re-make the table (~10 min on one core)
     python -m benchmarks.search_quality noise           # seed noise vs the space's spread
+    python -m benchmarks.search_quality real            # run_search itself, with and without the pruner
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def boot(values, rng: np.random.Generator, n: int = 2000) -> tuple[float, float,
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="replay", choices=("replay", "build", "noise"))
+    parser.add_argument("command", nargs="?", default="replay", choices=("replay", "build", "noise", "real"))
     parser.add_argument("--quick", action="store_true", help="CI smoke: 3 seeds, 2 strategies, small budgets")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per strategy (10)")
     parser.add_argument("--budgets", default="10,20,30,50",
@@ -253,6 +254,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = experiment()
     data = json.loads(args.table.read_text())
     table = Table(data, list(cfg.objectives), cfg.directions)
+    if args.command == "real":
+        print(env_header("cpu"))
+        result = real(table, seeds=args.seeds or 3)
+        print(footer())
+        return result
     names = ["random", "tpe+asha"] if args.quick else args.strategies.split(",")
     seeds = args.seeds or (3 if args.quick else 10)
     full = [5, 10] if args.quick else [int(b) for b in args.budgets.split(",")]  # in full-trial equivalents
@@ -325,6 +331,44 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{result[('tpe+asha', budgets[-1])] / result[('random', budgets[-1])]:.3f}x")
     print(footer())
     return result
+
+
+def real(table: Table, full: int = 16, seeds: int = 3) -> dict:
+    """The real thing, not a replay: ``run_search`` on the table's recipe with and without the pruner.
+
+    Equal compute: ``search.budget_epochs = full * train.epochs`` for both; ``seeds`` study seeds
+    each; Optuna on a journal file in a temp dir, MLflow off. Each front is scored both with the
+    study's own hypervolume (its fixed reference) and against the table's true front.
+    """
+    import tempfile
+
+    from search.results import study_hypervolume
+    from search.study import run_search
+
+    budget = full * table.epochs
+    print(f"\nthe real thing: run_search on the table's recipe, budget_epochs {budget} ({full} full trials), "
+          f"{seeds} seeds, with and without the pruner")
+    out: dict = {}
+    for pruner in ("none", "asha"):
+        hvs, ratios, counts, t0 = [], [], [], time.perf_counter()
+        for seed in range(seeds):
+            with tempfile.TemporaryDirectory(prefix="bench-sq-") as tmp:
+                cfg = experiment(OVERRIDES + (f"search.seed={seed}", f"search.pruner={pruner}",
+                                              f"search.budget_epochs={budget}", "search.n_trials=1000",
+                                              f"search.storage=journal:{tmp}/optuna.journal", "tracking.enabled=false"))
+                summary = run_search(cfg, quiet=True)
+                hvs.append(study_hypervolume(summary.front, summary.study.user_attrs["hv_reference"]))
+                ratios.append(table.ratio([list(to_losses(list(r.values.values()), cfg.directions))
+                                           for r in summary.front]))
+                counts.append(summary.counts)
+        out[pruner] = {"hv": hvs, "ratio": ratios}
+        trained = [c["trained"] for c in counts]
+        stopped = [c.get("pruned", 0) for c in counts]
+        print(f"pruner {pruner:<5} study hypervolume {np.mean(hvs):.4f} +- {np.std(hvs, ddof=1):.4f}, ratio to the "
+              f"table's true front {np.mean(ratios):.3f} +- {np.std(ratios, ddof=1):.3f} (seeds: "
+              f"{', '.join(f'{r:.3f}' for r in ratios)}); trained {trained}, stopped {stopped} "
+              f"({time.perf_counter() - t0:.0f} s)")
+    return out
 
 
 def noise(overrides=OVERRIDES, sample: int = 24, n_nets: int = 6, n_seeds: int = 4) -> dict:
