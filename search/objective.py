@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import traceback
 from collections.abc import Callable
@@ -117,6 +118,9 @@ class Objective:
         self.latency_device = cfg.latency.resolve(device)
         self.device_key = f"{device.type}:{device_name(device)}"  # out-of-memory is a property of this
         self.worker = {**worker.identity(), "threads": torch.get_num_threads()}
+        # trial number -> the ``pareto`` tag its run ended with, as this worker's ledger saw the front
+        # then; the loop compares it with the front once the trial is in and rewrites it if it differs
+        self.pareto_tags: dict[int, str] = {}
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         cfg = self.cfg
@@ -126,23 +130,23 @@ class Objective:
         for key, value in (("spec", spec.to_dict()), ("spec_name", spec.name), ("spec_hash", spec.hash),
                            ("params", cx.params), ("macs", cx.macs)):
             trial.set_user_attr(key, value)
+        # the spec as a tag (compact JSON: NetSpec.from_dict(json.loads(tag)) rebuilds the network)
         run_id = self.tracker.start_trial(self.parent_id, cfg.study_name, trial.number, {
-            "spec_name": spec.name, "spec_hash": spec.hash,
+            "spec_name": spec.name, "spec_hash": spec.hash, "spec": json.dumps(spec.to_dict(), separators=(",", ":")),
             "worker": f"{self.worker['host']}:{self.worker['pid']}"})
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
         self.progress.trial_started(trial.number, spec.name)
-        status = "FAILED"
+        status, record = "FAILED", {}  # the run's record, logged in one batch as it ends
         try:
             values, metrics, series, tags = self._evaluate(trial, spec, cx)
             status = "FINISHED"
-            self.tracker.log(run_id, params=run_params(spec, cfg), metrics=metrics, series=series, tags=tags)
-            self.tracker.log_text(run_id, spec.to_yaml(), "spec.yaml")
+            record = {"params": run_params(spec, cfg), "metrics": metrics, "series": series, "tags": tags}
             return values
         except (KeyboardInterrupt, SystemExit) as e:
             status = "KILLED"
             reason = f"interrupted ({e})" if str(e) else "interrupted"
-            self.tracker.log(run_id, tags={"state": "killed", "fail_reason": reason})
+            record = {"tags": {"state": "killed", "fail_reason": reason}}
             trial.set_user_attr("fail_reason", reason)
             raise
         except Exception as e:
@@ -157,21 +161,26 @@ class Objective:
                 release_memory()
                 values, metrics, tags = self._out_of_memory(trial, cx, reason)
                 status = "FINISHED"
-                self.tracker.log(run_id, params=run_params(spec, cfg), metrics=metrics, tags=tags)
+                record = {"params": run_params(spec, cfg), "metrics": metrics, "tags": tags}
                 return values
-            self.tracker.log(run_id, params=run_params(spec, cfg),
-                             tags={"state": "failed", "failure": kind, "fail_reason": reason[:5000]})
+            record = {"params": run_params(spec, cfg), "tags": {
+                "state": "failed", "failure": kind, "fail_reason": reason[:5000], "pareto": self._tag(trial, "false")}}
             trial.set_user_attr("failure", kind)
             trial.set_user_attr("fail_reason", reason[:2000])
             raise
         finally:
             release_memory()
             memory = memory_in_use(self.device)
-            self.tracker.log(run_id, metrics={f"memory.{k}": v for k, v in memory.items()})
-            self.tracker.end(run_id, status)
+            self.tracker.finish(run_id, status, **{**record, "metrics": {
+                **record.get("metrics", {}), **{f"memory.{k}": v for k, v in memory.items()}}})
             self.progress.trial_finished(trial.number, status)
             with contextlib.suppress(Exception):  # the trial may already be finished (declared lost)
                 trial.set_user_attr("memory_after_mb", memory)
+
+    def _tag(self, trial: optuna.Trial, value: str) -> str:
+        """The ``pareto`` tag the trial's run ends with (noted, so the loop writes it again only if it is wrong)."""
+        self.pareto_tags[trial.number] = value
+        return value
 
     def _placeholder(self, cx) -> tuple[float, ...]:
         """Objective values of a network that was never scored: accuracy 0, latency infinite."""
@@ -187,7 +196,7 @@ class Objective:
         self.progress.note(f"out of memory on {self.device_key}: recorded as infeasible, never tried again here")
         return (self._placeholder(cx), {"params": cx.params, "macs": cx.macs},
                 {"state": "infeasible", "outcome": OUT_OF_MEMORY, "failure": "out_of_memory",
-                 "fail_reason": reason[:5000], "device": self.device_key})
+                 "fail_reason": reason[:5000], "device": self.device_key, "pareto": self._tag(trial, "false")})
 
     def _evaluate(self, trial: optuna.Trial, spec: NetSpec, cx):
         """Returns (objective values, final metrics, per-epoch series, tags)."""
@@ -204,7 +213,7 @@ class Objective:
             trial.set_user_attr("outcome", OVER_BUDGET)
             self.progress.note(f"over budget ({', '.join(over)}): skipped, never built")
             return self._placeholder(cx), known, {}, {"state": "infeasible", "outcome": OVER_BUDGET,
-                                                      "skipped": "; ".join(over)}
+                                                      "skipped": "; ".join(over), "pareto": self._tag(trial, "false")}
 
         twin = self.ledger.twin(spec.hash, self.device_key)
         if twin is not None:  # the study already has this network's result: reuse it, do not retrain
@@ -221,7 +230,7 @@ class Objective:
             what = "result reused" if outcome == TRAINED else "out of memory there: skipped"
             self.progress.note(f"same network as trial {twin.number}: {what}")
             return tuple(twin.values[o] for o in cfg.objectives), metrics, {}, {
-                "state": "reused", "outcome": REUSED, "reused_from": twin.number}
+                "state": "reused", "outcome": REUSED, "reused_from": twin.number, "pareto": self._tag(trial, "false")}
 
         seed = trial_seed(cfg.search.seed, trial.number)
 
@@ -236,6 +245,7 @@ class Objective:
         metrics = {**known, "val_accuracy": result.val_accuracy, "train_time_s": result.train_time_s,
                    "train_loss": result.history[-1].train_loss, "epochs": len(result.history)}
         tags = {"state": "complete", "outcome": TRAINED, "seed": seed}
+        feasible = True
         if cfg.latency.enabled:
             lat = measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, self.latency_device,
                                   bf16=cfg.train.bf16, channels_last=cfg.train.nhwc(self.latency_device))
@@ -244,6 +254,7 @@ class Objective:
             tags.update({f"latency.{k}": v for k, v in lat.protocol.items()})
             if cfg.constraints.max_latency_ms is not None:
                 constrain(trial, "max_latency_ms", lat.median_ms - cfg.constraints.max_latency_ms)
+                feasible = lat.median_ms <= cfg.constraints.max_latency_ms
         trial.set_user_attr("metrics", metrics)
         # the learning curve lives in user attributes, never in Optuna's intermediate values (which a
         # multi-objective study refuses, and which make TPE fail on pruned trials)
@@ -253,4 +264,7 @@ class Objective:
         trial.set_user_attr("outcome", TRAINED)
         series = {"val_accuracy": [r.val_accuracy for r in result.history],
                   "train_loss": [r.train_loss for r in result.history]}
-        return tuple(metrics[o] for o in cfg.objectives), metrics, series, tags
+        values = tuple(metrics[o] for o in cfg.objectives)
+        on_front = feasible and self.ledger.joins_front(spec.hash, dict(zip(cfg.objectives, values, strict=True)))
+        tags["pareto"] = self._tag(trial, "true" if on_front else "false")
+        return values, metrics, series, tags

@@ -247,6 +247,11 @@ class Ledger:
         self.running = self.counts["running"] = running
         return self
 
+    def joins_front(self, spec_hash: str, values: dict[str, float]) -> bool:
+        """Would a feasible network newly trained with these objective values join the front as it is now?"""
+        new = to_losses(list(values.values()), self.directions)
+        return spec_hash not in self.trained and not any(dominates(self._losses(f), new) for f in self.front)
+
     def twin(self, spec_hash: str, device: str) -> Row | None:
         """The trial that trained this network, or found it out of memory on ``device``; else None."""
         return self.trained.get(spec_hash) or self.out_of_memory.get((spec_hash, device))
