@@ -193,8 +193,8 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
     stopped = None
     try:
         while not limit.tripped:
-            reap_lost_trials(study, tracker)
-            ledger.update(study)
+            if reap_lost_trials(study, tracker, ledger.update(study).unfinished):
+                ledger.update(study)  # the lost trials are failed now
             trained, running = ledger.counts[TRAINED], ledger.running
             if trained >= n:
                 break
