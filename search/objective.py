@@ -4,8 +4,9 @@ suggest a NetSpec -> analytic params/MACs -> over a static budget? never built (
 -> the study already trained this network? its result is reused (``reused``) -> build, train
 briefly, measure latency (``trained``); a network that does not fit in the device's memory is
 recorded as infeasible (``out_of_memory``), so the sampler learns the region and the same
-network is never tried again on that device. Each step is mirrored into the trial's MLflow
-run, which always ends FINISHED, FAILED or KILLED.
+network is never tried again on that device. The trial's MLflow run is made as it starts (RUNNING,
+so the dashboard shows it) and gets the trial's record in one batch as it ends, always FINISHED,
+FAILED or KILLED.
 """
 
 from __future__ import annotations
