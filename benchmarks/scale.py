@@ -2,7 +2,7 @@
 
 The whole study machinery runs for real (``search.study.run_search``, one process): Optuna on a
 journal file (the default storage's kind), MLflow on SQLite, every trial's MLflow run, the reuse
-lookup, the Pareto front and tags after every trial, the hypervolume logged after every trial,
+lookup, the Pareto front and tags after every trial, the hypervolume logged where the front changed it,
 the progress display quiet, and the collector freezing each trial's survivors as
 ``resnext-nas search`` sets it up (``search.devices.tune_process``; ``--untuned`` leaves the
 collector alone, as a library caller of ``run_search`` gets it). Only the work of a trial is

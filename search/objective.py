@@ -6,14 +6,16 @@ untrained network (costs first: same compute; over ``max_latency_ms``? never tra
 train briefly (``trained``), or stop at a rung of the pruner (``pruned``, Optuna state PRUNED:
 ``search.asha``); a network that does not fit in the device's memory is
 recorded as infeasible (``out_of_memory``), so the sampler learns the region and the same
-network is never tried again on that device. Each step is mirrored into the trial's MLflow
-run, which always ends FINISHED, FAILED or KILLED.
+network is never tried again on that device. The trial's MLflow run is made as it starts (RUNNING,
+so the dashboard shows it) and gets the trial's record in one batch as it ends, always FINISHED,
+FAILED or KILLED.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import traceback
 from collections.abc import Callable
@@ -129,6 +131,9 @@ class Objective:
         self.latency_device = cfg.latency.resolve(device)
         self.device_key = f"{device.type}:{device_name(device)}"  # out-of-memory is a property of this
         self.worker = {**worker.identity(), "threads": torch.get_num_threads()}
+        # trial number -> the ``pareto`` tag its run ended with, as this worker's ledger saw the front
+        # then; the loop compares it with the front once the trial is in and rewrites it if it differs
+        self.pareto_tags: dict[int, str] = {}
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         cfg = self.cfg
@@ -138,33 +143,33 @@ class Objective:
         for key, value in (("spec", spec.to_dict()), ("spec_name", spec.name), ("spec_hash", spec.hash),
                            ("params", cx.params), ("macs", cx.macs)):
             trial.set_user_attr(key, value)
+        # the spec as a tag (compact JSON: NetSpec.from_dict(json.loads(tag)) rebuilds the network)
         run_id = self.tracker.start_trial(self.parent_id, cfg.study_name, trial.number, {
-            "spec_name": spec.name, "spec_hash": spec.hash,
+            "spec_name": spec.name, "spec_hash": spec.hash, "spec": json.dumps(spec.to_dict(), separators=(",", ":")),
             "worker": f"{self.worker['host']}:{self.worker['pid']}"})
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
         self.progress.trial_started(trial.number, spec.name)
-        status = "FAILED"
+        status, record = "FAILED", {}  # the run's record, logged in one batch as it ends
         try:
             values, metrics, series, tags = self._evaluate(trial, spec, cx)
             status = "FINISHED"
-            self.tracker.log(run_id, params=run_params(spec, cfg), metrics=metrics, series=series, tags=tags)
-            self.tracker.log_text(run_id, spec.to_yaml(), "spec.yaml")
+            record = {"params": run_params(spec, cfg), "metrics": metrics, "series": series, "tags": tags}
             return values
         except optuna.TrialPruned:
             status = "FINISHED"
             info = trial.user_attrs.get("pruned", {})
             curve = trial.user_attrs.get("curve") or {}
-            self.tracker.log(run_id, params=run_params(spec, cfg), metrics=info.get("metrics", {}),
-                             series={k: v for k, v in curve.items() if k != "elapsed_s"}, tags={
-                                 "state": "pruned", "outcome": PRUNED, "rung": info.get("rung"),
-                                 "reason": info.get("reason", ""), **({"reused_from": info["reused_from"]}
-                                                                      if "reused_from" in info else {})})
+            record = {"params": run_params(spec, cfg), "metrics": info.get("metrics", {}),
+                      "series": {k: v for k, v in curve.items() if k != "elapsed_s"},
+                      "tags": {"state": "pruned", "outcome": PRUNED, "rung": info.get("rung"),
+                               "reason": info.get("reason", ""), "pareto": self._tag(trial, "false"),
+                               **({"reused_from": info["reused_from"]} if "reused_from" in info else {})}}
             raise
         except (KeyboardInterrupt, SystemExit) as e:
             status = "KILLED"
             reason = f"interrupted ({e})" if str(e) else "interrupted"
-            self.tracker.log(run_id, tags={"state": "killed", "fail_reason": reason})
+            record = {"tags": {"state": "killed", "fail_reason": reason}}
             trial.set_user_attr("fail_reason", reason)
             raise
         except Exception as e:
@@ -179,21 +184,26 @@ class Objective:
                 release_memory()
                 values, metrics, tags = self._out_of_memory(trial, cx, reason)
                 status = "FINISHED"
-                self.tracker.log(run_id, params=run_params(spec, cfg), metrics=metrics, tags=tags)
+                record = {"params": run_params(spec, cfg), "metrics": metrics, "tags": tags}
                 return values
-            self.tracker.log(run_id, params=run_params(spec, cfg),
-                             tags={"state": "failed", "failure": kind, "fail_reason": reason[:5000]})
+            record = {"params": run_params(spec, cfg), "tags": {
+                "state": "failed", "failure": kind, "fail_reason": reason[:5000], "pareto": self._tag(trial, "false")}}
             trial.set_user_attr("failure", kind)
             trial.set_user_attr("fail_reason", reason[:2000])
             raise
         finally:
             release_memory()
             memory = memory_in_use(self.device)
-            self.tracker.log(run_id, metrics={f"memory.{k}": v for k, v in memory.items()})
-            self.tracker.end(run_id, status)
+            self.tracker.finish(run_id, status, **{**record, "metrics": {
+                **record.get("metrics", {}), **{f"memory.{k}": v for k, v in memory.items()}}})
             self.progress.trial_finished(trial.number, status)
             with contextlib.suppress(Exception):  # the trial may already be finished (declared lost)
                 trial.set_user_attr("memory_after_mb", memory)
+
+    def _tag(self, trial: optuna.Trial, value: str) -> str:
+        """The ``pareto`` tag the trial's run ends with (noted, so the loop writes it again only if it is wrong)."""
+        self.pareto_tags[trial.number] = value
+        return value
 
     def _placeholder(self, cx) -> tuple[float, ...]:
         """Objective values of a network that was never scored: accuracy 0, latency infinite."""
@@ -209,7 +219,7 @@ class Objective:
         self.progress.note(f"out of memory on {self.device_key}: recorded as infeasible, never tried again here")
         return (self._placeholder(cx), {"params": cx.params, "macs": cx.macs},
                 {"state": "infeasible", "outcome": OUT_OF_MEMORY, "failure": "out_of_memory",
-                 "fail_reason": reason[:5000], "device": self.device_key})
+                 "fail_reason": reason[:5000], "device": self.device_key, "pareto": self._tag(trial, "false")})
 
     def _evaluate(self, trial: optuna.Trial, spec: NetSpec, cx):
         """Returns (objective values, final metrics, per-epoch series, tags)."""
@@ -226,7 +236,7 @@ class Objective:
             trial.set_user_attr("outcome", OVER_BUDGET)
             self.progress.note(f"over budget ({', '.join(over)}): skipped, never built")
             return self._placeholder(cx), known, {}, {"state": "infeasible", "outcome": OVER_BUDGET,
-                                                      "skipped": "; ".join(over)}
+                                                      "skipped": "; ".join(over), "pareto": self._tag(trial, "false")}
 
         twin = self.ledger.twin(spec.hash, self.device_key)
         if twin is not None:  # the study already has this network's result: reuse it, do not retrain
@@ -243,7 +253,7 @@ class Objective:
             what = "result reused" if outcome == TRAINED else "out of memory there: skipped"
             self.progress.note(f"same network as trial {twin.number}: {what}")
             return tuple(twin.values[o] for o in cfg.objectives), metrics, {}, {
-                "state": "reused", "outcome": REUSED, "reused_from": twin.number}
+                "state": "reused", "outcome": REUSED, "reused_from": twin.number, "pareto": self._tag(trial, "false")}
 
         pruned = self.ledger.pruned.get(spec.hash)
         if pruned is not None:  # stopped at a rung before: the same decision, free
@@ -272,7 +282,8 @@ class Objective:
                     values = {**dict(zip(cfg.objectives, self._placeholder(cx), strict=True)),
                               "latency_ms": lat.median_ms}
                     return tuple(values[o] for o in cfg.objectives), known, {}, {
-                        **tags, "state": "infeasible", "outcome": OVER_BUDGET, "skipped": what}
+                        **tags, "state": "infeasible", "outcome": OVER_BUDGET, "skipped": what,
+                        "pareto": self._tag(trial, "false")}
 
         seed = trial_seed(cfg.search.seed, trial.number)
         tags["seed"] = seed
@@ -311,7 +322,11 @@ class Objective:
         trial.set_user_attr("outcome", TRAINED)
         series = {"val_accuracy": [r.val_accuracy for r in result.history],
                   "train_loss": [r.train_loss for r in result.history]}
-        return tuple(metrics[o] for o in cfg.objectives), metrics, series, tags
+        values = tuple(metrics[o] for o in cfg.objectives)
+        # within every budget (the costs were checked before training): on the front if nothing dominates it
+        on_front = self.ledger.joins_front(spec.hash, dict(zip(cfg.objectives, values, strict=True)))
+        tags["pareto"] = self._tag(trial, "true" if on_front else "false")
+        return values, metrics, series, tags
 
     def _rung(self, trial: optuna.Trial, record, records: dict[str, list[float]], known: dict) -> None:
         """At a rung: record this trial's values there, then go on only in the top 1/eta (else raise Stopped)."""

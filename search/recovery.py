@@ -57,7 +57,8 @@ def _end_lost_run(tracker: Tracker | None, study: optuna.Study, trial: optuna.tr
     tracker.end(run_id, status)
 
 
-def reap_lost_trials(study: optuna.Study, tracker: Tracker | None = None) -> list[int]:
+def reap_lost_trials(study: optuna.Study, tracker: Tracker | None = None,
+                     unfinished: list[optuna.trial.FrozenTrial] | None = None) -> list[int]:
     """Fail the running trials whose worker is gone, end their MLflow runs; returns their numbers.
 
     A trial is lost when its worker process (recorded on the trial) no longer runs on this host,
@@ -68,10 +69,17 @@ def reap_lost_trials(study: optuna.Study, tracker: Tracker | None = None) -> lis
         study: the study.
         tracker: ends the lost trials' MLflow runs (KILLED for a dead process, FAILED for
             missed heartbeats).
+        unfinished: the study's unfinished trials if the caller knows them (a ``Ledger``'s, just
+            updated: only trials from its low-water mark on, so the cost does not grow with the
+            study); else every running trial of the study is looked at.
     """
     here = worker.host()
     lost: dict[int, tuple[optuna.trial.FrozenTrial, str, str]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    if unfinished is None:
+        unfinished = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in unfinished:
+        if t.state != TrialState.RUNNING:
+            continue
         who = t.user_attrs.get("worker")
         if isinstance(who, dict) and who.get("host") == here and not worker.process_alive(who):
             lost[t._trial_id] = (t, f"lost: worker {here} pid {who.get('pid')} died mid-trial", "KILLED")

@@ -13,6 +13,7 @@ values of one study are comparable across trials, resumes and reports.
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -200,6 +201,8 @@ class Ledger:
     def __init__(self, objectives: tuple[str, ...], directions: list[str]) -> None:
         self.objectives, self.directions = objectives, directions
         self.rows: dict[int, Row] = {}
+        self.ordered: list[Row] = []  # the same rows in trial order
+        self.unfinished: list[optuna.trial.FrozenTrial] = []  # running or waiting, at the last update
         self.failed: set[int] = set()
         self.stopped: set[int] = set()  # trials stopped at a rung (PRUNED)
         self.running = 0  # running trials claimed by a worker, at the last update
@@ -217,6 +220,10 @@ class Ledger:
 
     def _add(self, r: Row) -> None:
         self.rows[r.number] = r
+        if self.ordered and self.ordered[-1].number > r.number:  # rare: finished after a later trial
+            bisect.insort(self.ordered, r, key=lambda row: row.number)
+        else:
+            self.ordered.append(r)
         self.counts[r.outcome] += 1
         if r.outcome == TRAINED:
             self.epochs += float((r.attrs.get("metrics") or {}).get("epochs", 0.0))
@@ -247,7 +254,7 @@ class Ledger:
         so only the trials from there on are looked at.
         """
         running, trials = 0, study.get_trials(deepcopy=False)
-        low = None
+        low, self.unfinished = None, []
         for t in trials[self.low:]:
             if t.state == TrialState.COMPLETE:
                 if t.number not in self.rows:
@@ -267,18 +274,23 @@ class Ledger:
             elif not t.state.is_finished():  # running or waiting
                 if low is None:
                     low = t.number
+                self.unfinished.append(t)
                 running += t.state == TrialState.RUNNING and "worker" in t.user_attrs
         self.low = len(trials) if low is None else low
         self.running = self.counts["running"] = running
         return self
+
+    def joins_front(self, spec_hash: str, values: dict[str, float]) -> bool:
+        """Would a feasible network newly trained with these objective values join the front as it is now?"""
+        new = to_losses(list(values.values()), self.directions)
+        return spec_hash not in self.trained and not any(dominates(self._losses(f), new) for f in self.front)
 
     def twin(self, spec_hash: str, device: str) -> Row | None:
         """The trial that trained this network, or found it out of memory on ``device``; else None."""
         return self.trained.get(spec_hash) or self.out_of_memory.get((spec_hash, device))
 
     def summary(self, study: optuna.Study, parent_id: str | None, tracker: Tracker) -> Summary:
-        return Summary(study, list(self.front), [self.rows[n] for n in sorted(self.rows)], parent_id, tracker,
-                       dict(self.counts))
+        return Summary(study, list(self.front), list(self.ordered), parent_id, tracker, dict(self.counts))
 
 
 def log_study_artifacts(summary: Summary, cfg: ExperimentConfig) -> None:

@@ -168,19 +168,25 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
     limit, free = _FailureLimit(cfg.search.max_consecutive_failures), _FreeStreak()
     ref, size = study.user_attrs["hv_reference"], cfg.space.size()
     tagged = {r.number for r in ledger.front}
+    hv = None  # the hypervolume this worker logged last
     tracker.sync_pareto_tags(parent_id, tagged)  # once; then only the changes
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal tagged
+        nonlocal tagged, hv
         summary = ledger.update(study).summary(study, parent_id, tracker)
         front = {r.number for r in summary.front}
         changes = {n: "true" for n in front - tagged} | {n: "false" for n in tagged - front}
         if trial.number not in front:
             changes[trial.number] = "false"
+        if changes.get(trial.number) == objective.pareto_tags.pop(trial.number, None):
+            del changes[trial.number]  # its run ended with the right tag (other workers' trials did not change it)
         tracker.set_pareto_tags({rid: v for n, v in changes.items() if (rid := _run_id(ledger, trial, n)) is not None})
+        if front != tagged or hv is None:  # the hypervolume changes only with the front: logged when it does
+            value = study_hypervolume(summary.front, ref)
+            if value != hv:
+                tracker.log(parent_id, metrics={"hypervolume": value}, step=trial.number)
+                hv = value
         tagged = front
-        hv = study_hypervolume(summary.front, ref)
-        tracker.log(parent_id, metrics={"hypervolume": hv}, step=trial.number)
         if trial.state == TrialState.PRUNED or trial.user_attrs.get("outcome") == TRAINED:  # compute was spent
             tracker.log(parent_id, metrics={"hypervolume_by_epochs": hv, "epochs_spent": ledger.epochs},
                         step=round(ledger.epochs))
@@ -193,8 +199,8 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
     stopped = None
     try:
         while not limit.tripped:
-            reap_lost_trials(study, tracker)
-            ledger.update(study)
+            if reap_lost_trials(study, tracker, ledger.update(study).unfinished):
+                ledger.update(study)  # the lost trials are failed now
             trained, running = ledger.counts[TRAINED], ledger.running
             if trained >= n:
                 break

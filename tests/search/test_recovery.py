@@ -17,7 +17,7 @@ import pytest
 from search import worker
 from search.config import load_experiment
 from search.recovery import reap_lost_trials
-from search.results import finished_rows, pareto_rows
+from search.results import Ledger, finished_rows, pareto_rows
 from search.storage import create_study, load_study
 from search.tracking import Tracker
 
@@ -182,7 +182,9 @@ def test_reaping_finds_the_run_of_a_worker_that_died_before_linking_it(tiny, tmp
     trial = study.ask()
     trial.set_user_attr("worker", {"host": worker.host(), "pid": dead.pid, "start": None})
     orphan = tracker.start_trial(parent, cfg.study_name, trial.number, {})  # its id never reached the trial
-    assert reap_lost_trials(study, tracker) == [trial.number]
+    assert reap_lost_trials(study, tracker, []) == []  # only the trials it is given are looked at
+    ledger = Ledger(cfg.objectives, cfg.directions).update(study)  # the loop gives its ledger's unfinished ones
+    assert reap_lost_trials(study, tracker, ledger.unfinished) == [trial.number]
     assert study.trials[trial.number].state.name == "FAIL"
     assert tracker.client.get_run(orphan).info.status == "KILLED"
     assert reap_lost_trials(study, tracker) == []  # once

@@ -46,6 +46,7 @@ def test_the_ledger_equals_recomputing_after_every_trial(seed):
         assert sorted(r.number for r in ledger.front) == sorted(r.number for r in pareto_rows(rows, DIRECTIONS))
         assert {k: v for k, v in ledger.counts.items() if k != "running"} == \
             {k: v for k, v in outcome_counts(study).items() if k != "running"}
+        assert [r.number for r in ledger.summary(study, None, None).rows] == [r.number for r in rows]
         for h in hashes:
             trained = [r for r in rows if r.outcome == "trained" and r.attrs["spec_hash"] == h]
             twin = ledger.twin(h, "cpu:x")
@@ -64,7 +65,7 @@ def test_a_late_lower_numbered_twin_takes_the_network_over():
     study.add_trial(create_trial(values=[0.9, 10, 1.0], params={"x": 0.2}, distributions=dist,
                                  user_attrs={"outcome": "trained", "spec_hash": "h"}))
     ledger = Ledger(OBJECTIVES, DIRECTIONS).update(study)
-    assert [r.number for r in ledger.front] == [1]
+    assert [r.number for r in ledger.front] == [1] and [t.number for t in ledger.unfinished] == [0]
     trial_id = study.trials[0]._trial_id
     study._storage.set_trial_user_attr(trial_id, "outcome", "trained")
     study._storage.set_trial_user_attr(trial_id, "spec_hash", "h")
@@ -72,6 +73,7 @@ def test_a_late_lower_numbered_twin_takes_the_network_over():
     ledger.update(study)
     assert [r.number for r in ledger.front] == [0] == [r.number for r in summarize(study, _Cfg(), None, None).front]
     assert ledger.twin("h", "cpu:x").number == 0
+    assert [r.number for r in ledger.summary(study, None, None).rows] == [0, 1]  # in trial order, arrived late
 
 
 class _Cfg:
