@@ -184,12 +184,11 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
         if front != tagged or hv is None:  # the hypervolume changes only with the front: logged when it does
             value = study_hypervolume(summary.front, ref)
             if value != hv:
-                tracker.log(parent_id, metrics={"hypervolume": value}, step=trial.number)
+                # by trial, and by training epochs spent (the compute curve), in one batch
+                tracker.log(parent_id, metrics={"hypervolume": value}, step=trial.number,
+                            points=[("hypervolume_by_epochs", value, round(ledger.epochs))])
                 hv = value
         tagged = front
-        if trial.state == TrialState.PRUNED or trial.user_attrs.get("outcome") == TRAINED:  # compute was spent
-            tracker.log(parent_id, metrics={"hypervolume_by_epochs": hv, "epochs_spent": ledger.epochs},
-                        step=round(ledger.epochs))
         progress.pareto(len(summary.front), summary.counts, ledger.epochs)
         if on_trial:
             on_trial(summary)

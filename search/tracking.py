@@ -203,12 +203,15 @@ class Tracker:
         return self._safe(f"creating the run of trial {number}", create)
 
     def log(self, run_id: str | None, *, params: dict | None = None, metrics: dict | None = None,
-            series: dict[str, list[float]] | None = None, tags: dict | None = None, step: int = 0) -> None:
-        """Log params, metrics (at ``step``), per-step series (steps 1..n) and tags in few batched calls."""
+            series: dict[str, list[float]] | None = None, tags: dict | None = None, step: int = 0,
+            points: list[tuple[str, float, int]] | None = None) -> None:
+        """Log params, metrics (at ``step``), per-step series (steps 1..n), ``(key, value, step)`` points
+        and tags in few batched calls."""
         if run_id is None:
             return
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+        items += [Metric(k, float(v), now, int(at)) for k, v, at in (points or [])]
         for key, values in (series or {}).items():
             items += [Metric(key, float(v), now, step) for step, v in enumerate(values, 1)]
         ps = [Param(k, str(v)) for k, v in (params or {}).items()]
