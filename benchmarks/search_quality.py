@@ -21,6 +21,7 @@ noise between seeds against the spread of the space, which says whether the tabl
     python -m benchmarks.search_quality build           # re-make the table (~10 min on one core)
     python -m benchmarks.search_quality noise           # seed noise vs the space's spread
     python -m benchmarks.search_quality real            # run_search itself, with and without the pruner
+    python -m benchmarks.search_quality tune            # TPE's settings against random search
 """
 
 from __future__ import annotations
@@ -160,10 +161,11 @@ def replay(table: Table, cfg, sampler: str, pruner: bool, seed: int, budget: flo
     Returns the history ``[(epochs spent, hypervolume ratio, networks trained to the end), ...]``
     after every trial that spent compute, and the study.
     """
-    search = dataclasses.replace(cfg.search, sampler=sampler, n_trials=max(1, round(budget / table.epochs)),
-                                 **(sampler_cfg or {}))
+    search = dataclasses.replace(cfg.search, sampler=sampler if isinstance(sampler, str) else "random",
+                                 n_trials=max(1, round(budget / table.epochs)), **(sampler_cfg or {}))
     scfg = dataclasses.replace(cfg, search=search)
-    study = optuna.create_study(directions=cfg.directions, sampler=make_sampler(scfg, seed))
+    made = sampler(seed) if callable(sampler) else make_sampler(scfg, seed)
+    study = optuna.create_study(directions=cfg.directions, sampler=made)
     rungs = rung_epochs(min_epochs, eta, table.epochs) if pruner else []
     spent, found, done, free, seen = 0.0, [], 0, 0, {}
     history = [(0.0, 0.0, 0)]
@@ -229,7 +231,7 @@ def boot(values, rng: np.random.Generator, n: int = 2000) -> tuple[float, float,
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="replay", choices=("replay", "build", "noise", "real"))
+    parser.add_argument("command", nargs="?", default="replay", choices=("replay", "build", "noise", "real", "tune"))
     parser.add_argument("--quick", action="store_true", help="CI smoke: 3 seeds, 2 strategies, small budgets")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per strategy (10)")
     parser.add_argument("--budgets", default="10,20,30,50",
@@ -254,6 +256,12 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = experiment()
     data = json.loads(args.table.read_text())
     table = Table(data, list(cfg.objectives), cfg.directions)
+    if args.command == "tune":
+        print(env_header("cpu"))
+        result = tune(table, cfg, args.seeds or 10, [n * table.epochs for n in (10, 20, 30, 50)],
+                      np.random.default_rng(0))
+        print(footer())
+        return result
     if args.command == "real":
         print(env_header("cpu"))
         result = real(table, seeds=args.seeds or 3)
@@ -319,18 +327,56 @@ def main(argv: list[str] | None = None) -> dict:
         below = [(n, b) for n in names if n != "random" for b in budgets if result[(n, "diff", b)][2] < 0]
         print(target("no strategy significantly below random at any budget", not below,
                      ", ".join(f"{n} at {b:g} ep" for n, b in below) or "none below"))
-        if "tpe" in runs:
-            b50 = 50 * table.epochs
-            if b50 in budgets:
-                m, lo, hi = result[("tpe", "diff", b50)]
-                print(target("default sampler (tpe) above random by a significant margin at 50 trained networks",
-                             lo > 0, f"{m:+.3f} [{lo:+.3f},{hi:+.3f}]"))
+        default, b50 = cfg.search.sampler, 50 * table.epochs
+        if default in runs and default != "random" and b50 in budgets:
+            m, lo, hi = result[(default, "diff", b50)]
+            print(target(f"default sampler ({default}) above random by a significant margin at 50 trained networks",
+                         lo > 0, f"{m:+.3f} [{lo:+.3f},{hi:+.3f}]"))
         if "tpe+asha" in runs:
             m, lo, hi = result[("tpe+asha", "diff", budgets[-1])]
             print(f"ratio       tpe+asha / random hypervolume at {budgets[-1]:g} epochs: "
                   f"{result[('tpe+asha', budgets[-1])] / result[('random', budgets[-1])]:.3f}x")
     print(footer())
     return result
+
+
+def _tpe(**kw):
+    def make(seed: int) -> optuna.samplers.BaseSampler:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, **kw)
+    return make
+
+
+# TPE settings against random search (``tune``); "study's tpe" is search.storage.make_sampler's
+SAMPLER_VARIANTS = {
+    "random": "random",
+    "study's tpe": "tpe",
+    "tpe univariate": _tpe(n_startup_trials=10),
+    "tpe multivariate": _tpe(n_startup_trials=10, multivariate=True),
+    "tpe startup 25": _tpe(n_startup_trials=25, multivariate=True, group=True),
+    "nsga2": "nsga2",
+}
+
+
+def tune(table: Table, cfg, seeds: int, budgets: list[float], rng) -> dict:
+    """TPE's settings (startup trials, multivariate, group) replayed against random search."""
+    runs = {name: [replay(table, cfg, sampler, False, seed, budgets[-1])[0] for seed in range(seeds)]
+            for name, sampler in SAMPLER_VARIANTS.items()}
+    print(f"\nsampler settings, {seeds} seeds: hypervolume ratio by compute, difference to random [95% interval]")
+    print(f"{'sampler':<18}" + "".join(f"{f'{b:g} ep':>26}" for b in budgets))
+    out = {}
+    for name in SAMPLER_VARIANTS:
+        cells = []
+        for b in budgets:
+            m = float(np.mean([at(h, b) for h in runs[name]]))
+            d, lo, hi = boot([at(h, b) - at(r, b) for h, r in zip(runs[name], runs["random"], strict=True)], rng)
+            out[(name, b)] = (m, d, lo, hi)
+            cells.append(f"{m:.3f} {d:+.3f} [{lo:+.3f},{hi:+.3f}]{'*' if lo > 0 or hi < 0 else ' '}")
+        print(f"{name:<18}" + "".join(f"{c:>26}" for c in cells))
+    return out
 
 
 def real(table: Table, full: int = 16, seeds: int = 3) -> dict:
