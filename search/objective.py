@@ -43,9 +43,9 @@ OOM_ERRORS = (MemoryError, torch.cuda.OutOfMemoryError)
 class Stopped(Exception):
     """Raised from a rung by the pruner: the trial is not in the top 1/eta there."""
 
-    def __init__(self, rung: int, place: int, of: int, keep: int, accuracy: float) -> None:
+    def __init__(self, rung: int, place: int, of: int, keep: int, accuracy: float, train_time_s: float) -> None:
         super().__init__(f"stopped at the {rung}-epoch rung: place {place} of {of} there, only the top {keep} go on")
-        self.rung, self.place, self.of, self.accuracy = rung, place, of, accuracy
+        self.rung, self.place, self.of, self.accuracy, self.train_time_s = rung, place, of, accuracy, train_time_s
 OOM_MARKERS = ("out of memory", "can't allocate memory", "ALLOC_FAILED")
 
 
@@ -309,7 +309,8 @@ class Objective:
             reason = str(stop)
             trial.set_user_attr("pruned", {
                 "rung": stop.rung, "place": stop.place, "of": stop.of, "reason": reason,
-                "metrics": {**known, "val_accuracy": stop.accuracy, "epochs": stop.rung}})
+                "metrics": {**known, "val_accuracy": stop.accuracy, "epochs": stop.rung,
+                            "train_time_s": stop.train_time_s}})
             self._set_curve(trial, history)
             self.progress.note(reason)
             raise optuna.TrialPruned(reason) from None
@@ -338,7 +339,8 @@ class Objective:
                              exclude=trial.number)
         go, place, n = decide(to_losses(values, cfg.directions), others, cfg.search.eta)
         if not go:
-            raise Stopped(record.epoch, place + 1, n, max(1, n // cfg.search.eta), record.val_accuracy)
+            raise Stopped(record.epoch, place + 1, n, max(1, n // cfg.search.eta), record.val_accuracy,
+                          record.elapsed_s)
 
     @staticmethod
     def _set_curve(trial: optuna.Trial, history) -> None:

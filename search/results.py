@@ -106,13 +106,29 @@ def describe_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in keys)
 
 
-def epochs_spent(t: optuna.trial.FrozenTrial) -> float:
-    """Training epochs a finished trial spent: a trained network's, a stopped one's rung, else 0."""
+def spent(t: optuna.trial.FrozenTrial) -> tuple[float, float]:
+    """``(training epochs, training seconds)`` a finished trial spent: a trained network's, a stopped one's, else 0."""
     if t.state == TrialState.COMPLETE and t.user_attrs.get("outcome", TRAINED) == TRAINED:
-        return float((t.user_attrs.get("metrics") or {}).get("epochs", 0.0))
-    if t.state == TrialState.PRUNED and "reused_from" not in (t.user_attrs.get("pruned") or {}):
-        return float((t.user_attrs.get("pruned") or {}).get("rung", 0.0))
-    return 0.0
+        m = t.user_attrs.get("metrics") or {}
+        return float(m.get("epochs", 0.0)), float(m.get("train_time_s", 0.0))
+    info = t.user_attrs.get("pruned") or {}
+    if t.state == TrialState.PRUNED and "reused_from" not in info:
+        return float(info.get("rung", 0.0)), float((info.get("metrics") or {}).get("train_time_s", 0.0))
+    return 0.0, 0.0
+
+
+def study_spent(study: optuna.Study) -> tuple[float, float]:
+    """``(training epochs, training seconds)`` spent by a study's finished trials."""
+    epochs = seconds = 0.0
+    for t in study.get_trials(deepcopy=False):
+        e, s = spent(t)
+        epochs, seconds = epochs + e, seconds + s
+    return epochs, seconds
+
+
+def epochs_spent(t: optuna.trial.FrozenTrial) -> float:
+    """Training epochs a finished trial spent (``spent``'s first half: what ``search.budget_epochs`` counts)."""
+    return spent(t)[0]
 
 
 # -- hypervolume ----------------------------------------------------------------------------------
@@ -309,8 +325,9 @@ def log_study_artifacts(summary: Summary, cfg: ExperimentConfig) -> None:
         cols = list(table[0])
         tracker.log_text(parent, "\n".join([",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in table]),
                          "pareto.csv")
+    epochs, seconds = study_spent(summary.study)
     tracker.log(parent, metrics={**{f"trials_{k}": v for k, v in summary.counts.items() if k != "running"},
-                                 "pareto_size": len(table)})
+                                 "pareto_size": len(table), "epochs_spent": epochs, "train_seconds": seconds})
     from search.plots import close, pareto_figures
 
     figures = pareto_figures(summary.rows, summary.front, cfg.objectives)

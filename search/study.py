@@ -42,11 +42,11 @@ from search.results import (
     Ledger,
     Summary,
     describe_counts,
-    epochs_spent,
     hv_reference,
     log_study_artifacts,
     outcome_counts,
     study_hypervolume,
+    study_spent,
     summarize,
 )
 from search.storage import create_study, find_study, load_study, make_sampler, sampler_seed
@@ -456,6 +456,7 @@ def end_note(summary: Summary, cfg: ExperimentConfig) -> str:
     """One line for the end of a search: what was trained, reused, skipped and failed."""
     trained = summary.counts[TRAINED]
     short = "" if trained >= cfg.search.n_trials else f" (short of search.n_trials = {cfg.search.n_trials})"
-    epochs = sum(epochs_spent(t) for t in summary.study.get_trials(deepcopy=False))
+    epochs, seconds = study_spent(summary.study)
     budget = f" of search.budget_epochs = {cfg.search.budget_epochs:g}" if cfg.search.budget_epochs else ""
-    return f"study '{cfg.study_name}': {describe_counts(summary.counts)}{short}; {epochs:g} training epochs{budget}"
+    return (f"study '{cfg.study_name}': {describe_counts(summary.counts)}{short}; {epochs:g} training epochs{budget}, "
+            f"{seconds:.0f} s of training")

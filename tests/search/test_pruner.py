@@ -6,7 +6,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.results import PRUNED, epochs_spent
+from search.results import PRUNED, epochs_spent, spent
 from search.study import run_search
 from space.errors import SpecError
 
@@ -51,19 +51,23 @@ def test_stopped_trials_are_pruned_with_their_rung_and_never_on_the_front(pruned
 def test_the_epoch_budget_stops_the_study_and_is_logged(pruned_study):
     cfg, summary, tmp = pruned_study
     trials = summary.study.get_trials(deepcopy=False)
-    spent = sum(epochs_spent(t) for t in trials)
-    assert 20 <= spent < 20 + 3  # stops at the first trial that reaches the budget
+    used = sum(epochs_spent(t) for t in trials)
+    assert 20 <= used < 20 + 3  # stops at the first trial that reaches the budget
     assert summary.counts["trained"] < cfg.search.n_trials  # the budget bound, not n_trials
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     parent = summary.parent_id
     history = client.get_metric_history(parent, "hypervolume_by_epochs")  # logged where the front changed
     by_trial = client.get_metric_history(parent, "hypervolume")
-    assert len(history) == len(by_trial) and 0 < max(m.step for m in history) <= round(spent)
+    assert len(history) == len(by_trial) and 0 < max(m.step for m in history) <= round(used)
     assert sorted(m.value for m in history) == sorted(m.value for m in by_trial)
     runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id],
                               filter_string="tags.state = 'pruned'")
     assert len(runs) == summary.counts[PRUNED]
     assert all(r.data.tags["rung"] in ("1", "2") and r.info.status == "FINISHED" for r in runs)
+    fresh = [r for r in runs if "reused_from" not in r.data.tags]
+    assert fresh and all(r.data.metrics["train_time_s"] > 0 for r in fresh)  # a stop's training time counts
+    totals = client.get_run(parent).data.metrics  # the study's spend, on its parent run
+    assert totals["epochs_spent"] == pytest.approx(used) and totals["train_seconds"] > 0
 
 
 @pytest.mark.parametrize("change, says", [
@@ -83,15 +87,16 @@ def test_pruner_settings_that_cannot_work_are_refused(tmp_path, change, says):
 
 def test_epochs_spent_counts_training_only():
     study = optuna.create_study(directions=["maximize"])
-    for attrs, state in (({"outcome": "trained", "metrics": {"epochs": 3.0}}, "COMPLETE"),
+    for attrs, state in (({"outcome": "trained", "metrics": {"epochs": 3.0, "train_time_s": 1.5}}, "COMPLETE"),
                          ({"outcome": "reused", "metrics": {"epochs": 3.0}}, "COMPLETE"),
-                         ({"outcome": "pruned", "pruned": {"rung": 2}}, "PRUNED"),
+                         ({"outcome": "pruned", "pruned": {"rung": 2, "metrics": {"train_time_s": 0.5}}}, "PRUNED"),
                          ({"outcome": "pruned", "pruned": {"rung": 2, "reused_from": 2}}, "PRUNED")):
         t = study.ask()
         for k, v in attrs.items():
             t.set_user_attr(k, v)
         study.tell(t, [0.5]) if state == "COMPLETE" else study.tell(t, state=optuna.trial.TrialState.PRUNED)
     assert [epochs_spent(t) for t in study.get_trials()] == [3.0, 0.0, 2.0, 0.0]
+    assert [spent(t)[1] for t in study.get_trials()] == [1.5, 0.0, 0.5, 0.0]
     assert not math.isnan(sum(epochs_spent(t) for t in study.get_trials()))
 
 
@@ -107,7 +112,7 @@ def test_a_resumed_study_ranks_against_the_rung_records_it_already_has(pruned_st
     new = [t for t in resumed.study.get_trials(deepcopy=False) if t.number >= len(before)]
     stopped = [t for t in new if t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["pruned"]["rung"] == 1
                and "reused_from" not in t.user_attrs["pruned"]]
-    spent = sum(epochs_spent(t) for t in resumed.study.get_trials(deepcopy=False))
-    assert new and spent > sum(epochs_spent(t) for t in before)  # the raised budget bought more training
+    used = sum(epochs_spent(t) for t in resumed.study.get_trials(deepcopy=False))
+    assert new and used > sum(epochs_spent(t) for t in before)  # the raised budget bought more training
     # every decision after the resume saw the first run's records at that rung
     assert all(t.user_attrs["pruned"]["of"] > at_rung_1 for t in stopped)
