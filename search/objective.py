@@ -38,6 +38,7 @@ from search.train import NonFiniteLoss, seed_everything, train_model
 from space import NetSpec, build_model, complexity
 
 OOM_ERRORS = (MemoryError, torch.cuda.OutOfMemoryError)
+OOM_MARKERS = ("out of memory", "can't allocate memory", "ALLOC_FAILED")
 
 
 class Stopped(Exception):
@@ -46,7 +47,6 @@ class Stopped(Exception):
     def __init__(self, rung: int, place: int, of: int, keep: int, accuracy: float, train_time_s: float) -> None:
         super().__init__(f"stopped at the {rung}-epoch rung: place {place} of {of} there, only the top {keep} go on")
         self.rung, self.place, self.of, self.accuracy, self.train_time_s = rung, place, of, accuracy, train_time_s
-OOM_MARKERS = ("out of memory", "can't allocate memory", "ALLOC_FAILED")
 
 
 def trial_seed(study_seed: int, number: int) -> int:

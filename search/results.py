@@ -110,7 +110,7 @@ def spent(t: optuna.trial.FrozenTrial) -> tuple[float, float]:
     """``(training epochs, training seconds)`` a finished trial spent: a trained network's, a stopped one's, else 0."""
     if t.state == TrialState.COMPLETE and t.user_attrs.get("outcome", TRAINED) == TRAINED:
         m = t.user_attrs.get("metrics") or {}
-        return float(m.get("epochs", 0.0)), float(m.get("train_time_s", 0.0))
+        return float(m.get("epochs") or 0), float(m.get("train_time_s") or 0)
     info = t.user_attrs.get("pruned") or {}
     if t.state == TrialState.PRUNED and "reused_from" not in info:
         return float(info.get("rung", 0.0)), float((info.get("metrics") or {}).get("train_time_s", 0.0))
@@ -241,8 +241,6 @@ class Ledger:
         else:
             self.ordered.append(r)
         self.counts[r.outcome] += 1
-        if r.outcome == TRAINED:
-            self.epochs += float((r.attrs.get("metrics") or {}).get("epochs", 0.0))
         h = r.attrs.get("spec_hash")
         if r.outcome in (TRAINED, OVER_BUDGET, OUT_OF_MEMORY):
             self.seen.add(h)
@@ -275,6 +273,7 @@ class Ledger:
             if t.state == TrialState.COMPLETE:
                 if t.number not in self.rows:
                     self._add(Row.from_trial(t, self.objectives))
+                    self.epochs += epochs_spent(t)
             elif t.state == TrialState.FAIL:
                 if t.number not in self.failed:
                     self.failed.add(t.number)

@@ -102,7 +102,6 @@ class TrainConfig:
         if self.threads is not None:
             check_int(self.threads, "train.threads", low=1, fix="use null for the cores this worker owns")
 
-
     def nhwc(self, device: torch.device | str) -> bool:
         """Whether networks and inputs are channels_last on ``device`` (a device or a device type)."""
         if self.channels_last == "auto":
