@@ -53,6 +53,7 @@ from search.results import (
     hypervolume_by_trial,
     outcome_counts,
     pareto_rows,
+    spent,
     trained_rows,
 )
 
@@ -289,22 +290,19 @@ def hv_series(data: StudyData, ref: dict[str, float] | None = None) -> dict:
             decide which objectives count.
     Returns:
         {trial, hv, epochs, seconds}: lists in trial order; epochs and seconds are the cumulative
-        ``metrics.epochs`` and ``metrics.train_time_s`` of trained trials (reused and skipped
-        trials cost nothing).
+        training spend (``search.results.spent``) of every finished trial up to that one: trained
+        networks, and trials stopped at a rung of the pruner (reused and skipped trials cost nothing).
     """
     ref = ref if ref is not None else data.ref
     if not ref or not data.rows:
         return {"trial": [], "hv": [], "epochs": [], "seconds": []}
     series = hypervolume_by_trial(data.rows, ref)
-    by_number = {r.number: r for r in data.rows}
+    spend = sorted((t.number, *spent(t)) for t in data.study.get_trials(deepcopy=False) if t.state.is_finished())
     epochs = seconds = 0.0
-    ep, sec = [], []
+    ep, sec, i = [], [], 0
     for number, _ in series:
-        r = by_number[number]
-        if r.outcome == TRAINED:
-            m = r.attrs.get("metrics") or {}
-            epochs += float(m.get("epochs") or 0)
-            seconds += float(m.get("train_time_s") or 0)
+        while i < len(spend) and spend[i][0] <= number:
+            epochs, seconds, i = epochs + spend[i][1], seconds + spend[i][2], i + 1
         ep.append(epochs)
         sec.append(seconds)
     return {"trial": [n for n, _ in series], "hv": [v for _, v in series], "epochs": ep, "seconds": sec}
