@@ -17,6 +17,10 @@
 #            then `resnext-nas pareto` (90)
 #   compile  benchmarks.gpu --only compile: torch.compile's cost vs its gain per trial, default
 #            mode (120; max-autotune modes tune for minutes per network)
+#   tables   benchmarks.search_quality build, two search-quality tables at once (not in the default
+#            list): the quickstart space with a cosine schedule, 8 epochs, on the host's CPU cores
+#            (all but 5, 1 thread each), and 16 epochs on the GPU (4 processes); written to
+#            $OUT/tables/, every 24 networks, so a time limit still leaves a partial table (420)
 #
 # Output goes to the terminal and to $OUT/gpu-benchmark-<time>.txt ($OUT defaults to /tmp); the
 # trainer's Chrome trace to $OUT/trainer-trace.json.gz. PYTHON overrides the interpreter (default:
@@ -66,6 +70,14 @@ section() {  # section NAME LIMIT_S COMMAND...
     '$PY' -c 'import sys; from search.cli import main; sys.exit(main())' pareto experiments/quickstart.yaml \
       --set train.device=auto --set search.storage=journal:$TMP/optuna.journal --set tracking.uri=sqlite:///$TMP/mlflow.db"
   section compile 120 "$PY" -m benchmarks.gpu --only compile --compile-modes default --budget 90 "$@"
+  mkdir -p "$OUT/tables"
+  section tables 420 bash -c "
+    '$PY' -m benchmarks.search_quality build --jobs \$((\$(nproc) > 6 ? \$(nproc) - 5 : 1)) --set data.val_fraction=0.4 \
+      --set train.schedule=cosine --table '$OUT/tables/cosine8-cpu.json' > '$OUT/tables/cosine8-cpu.log' 2>&1 &
+    '$PY' -m benchmarks.search_quality build --jobs 4 --device cuda --set data.val_fraction=0.4 \
+      --set train.schedule=cosine --set train.epochs=16 --table '$OUT/tables/cosine16-cuda.json' \
+      > '$OUT/tables/cosine16-cuda.log' 2>&1 &
+    wait; for f in '$OUT'/tables/*.log; do tail -n 3 \$f; done"
   echo
   echo "gpu.sh: exit $status"
   exit "$status"

@@ -60,8 +60,8 @@ STRATEGIES = {  # name -> (sampler, pruner)
 }
 
 
-def experiment(overrides=OVERRIDES):
-    return load_experiment(EXPERIMENT, list(overrides) + ["train.device=cpu", "train.threads=1"])
+def experiment(overrides=OVERRIDES, device: str = "cpu"):
+    return load_experiment(EXPERIMENT, list(overrides) + [f"train.device={device}", "train.threads=1"])
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -69,14 +69,14 @@ def experiment(overrides=OVERRIDES):
 _WORKER: dict = {}
 
 
-def _init_worker(overrides) -> None:
+def _init_worker(overrides, device: str) -> None:
     import torch
 
     from search.data import load_splits
 
     set_threads(1)
-    cfg = experiment(overrides)
-    _WORKER.update(cfg=cfg, splits=load_splits(cfg.data, torch.device("cpu")))
+    cfg = experiment(overrides, device)
+    _WORKER.update(cfg=cfg, device=torch.device(device), splits=load_splits(cfg.data, torch.device(device)))
 
 
 def _tabulate(spec) -> dict:
@@ -87,38 +87,44 @@ def _tabulate(spec) -> dict:
     from search.objective import build_and_train
     from space import complexity
 
-    cfg, device = _WORKER["cfg"], torch.device("cpu")
+    cfg, device = _WORKER["cfg"], _WORKER["device"]
     cx = complexity(spec)
     row = {"hash": spec.hash, "name": spec.name, "params": cx.params, "macs": cx.macs}
     if cfg.constraints.max_params is None or cx.params <= cfg.constraints.max_params:
         model, result = build_and_train(spec, _WORKER["splits"], cfg.train, device, 0)
-        lat = measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, device)
+        lat = measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, device, bf16=cfg.train.bf16,
+                              channels_last=cfg.train.nhwc(device))
         row.update(curve=[round(h.val_accuracy, 6) for h in result.history], latency_ms=lat.median_ms,
                    train_time_s=round(result.train_time_s, 3))
     return row
 
 
-def build(out: Path, overrides=OVERRIDES, jobs: int = 1) -> dict:
-    """Train every network of the experiment's space within its budget once (seed 0); write the table."""
+def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu") -> dict:
+    """Train every network of the experiment's space within its budget once (seed 0); write the table.
+
+    The file is rewritten every 24 networks with ``"partial": true`` until the last one, so a build
+    cut short (a time limit) still leaves the rows it finished.
+    """
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    cfg = experiment(overrides)
+    cfg = experiment(overrides, device)
     specs = cfg.space.enumerate()
-    rows, t0 = [], time.perf_counter()
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(overrides,)) as pool:
-        for i, row in enumerate(pool.map(_tabulate, specs)):
-            rows.append(row)
-            if (i + 1) % 24 == 0:
-                print(f"  {i + 1}/{len(specs)} networks, {time.perf_counter() - t0:.0f} s", flush=True)
     table = {"experiment": str(EXPERIMENT.relative_to(ROOT)), "overrides": list(overrides),
              "recipe": recipe(cfg), "seed": 0, "made": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-             "env": env_header("cpu").splitlines(), "rows": rows}
+             "env": env_header(device).splitlines(), "rows": []}
     out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(overrides, device)) as pool:
+        for i, row in enumerate(pool.map(_tabulate, specs)):
+            table["rows"].append(row)
+            if (i + 1) % 24 == 0 and i + 1 < len(specs):
+                out.write_text(json.dumps({**table, "partial": True}, indent=0))
+                print(f"  {i + 1}/{len(specs)} networks, {time.perf_counter() - t0:.0f} s", flush=True)
     out.write_text(json.dumps(table, indent=0))
-    print(f"table:       {out} ({len(rows)} networks, {sum('curve' in r for r in rows)} trained, {jobs} processes) "
-          f"in {time.perf_counter() - t0:.0f} s")
+    print(f"table:       {out} ({len(specs)} networks, {sum('curve' in r for r in table['rows'])} trained, {jobs} "
+          f"processes on {device}) in {time.perf_counter() - t0:.0f} s")
     return table
 
 
@@ -240,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
                         + ", ".join(STRATEGIES))
     parser.add_argument("--table", type=Path, default=TABLE)
     parser.add_argument("--jobs", type=int, default=1, help="build: training processes (1 thread each)")
+    parser.add_argument("--device", default="cpu", help="build: where the networks train (cpu | cuda)")
     parser.add_argument("--eta", type=int, default=3)
     parser.add_argument("--min-epochs", type=int, default=1)
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
@@ -250,11 +257,14 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = OVERRIDES if args.set is None else tuple(args.set)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.command == "build":
-        return build(args.table, overrides, args.jobs)
+        return build(args.table, overrides, args.jobs, args.device)
     if args.command == "noise":
         return noise(overrides)
     cfg = experiment()
     data = json.loads(args.table.read_text())
+    if data.get("partial"):
+        parser.error(f"{args.table} is a partial table (its build was cut short at {len(data['rows'])} networks): "
+                     "rebuild it with `build`")
     table = Table(data, list(cfg.objectives), cfg.directions)
     if args.command == "tune":
         print(env_header("cpu"))
