@@ -1,10 +1,15 @@
-"""Build a NetSpec into a torchvision-compatible module, and its analytic complexity."""
+"""Build a NetSpec into a torchvision-compatible module.
+
+Its analytic complexity (``complexity``, ``layer_complexity``) lives in ``space.analytic``,
+which needs no torch; the names stay importable from here.
+"""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from space.blocks import Bottleneck, Complexity, block_complexity, bn_cx, conv_cx, conv_out
+from space.analytic import complexity, layer_complexity  # noqa: F401
+from space.blocks import Bottleneck
 from space.spec import NetSpec
 
 
@@ -64,41 +69,3 @@ def build_model(spec: NetSpec, zero_init_residual: bool = False) -> ResNeXt:
     """
     return ResNeXt(spec, zero_init_residual)
 
-
-def layer_complexity(spec: NetSpec) -> list[tuple[str, Complexity, tuple[int, int, int]]]:
-    """Per-layer twin of ``ResNeXt.__init__``: (name, complexity, output C/H/W) rows."""
-    h = w = spec.input_size
-    rows = []
-    if spec.stem == "imagenet":
-        cx, h, w = conv_cx(h, w, spec.in_ch, spec.stem_ch, 7, 2)
-        cx += bn_cx(h, w, spec.stem_ch)
-        h, w = conv_out(h, 2), conv_out(w, 2)  # maxpool: no params, MACs not counted
-    else:
-        cx, h, w = conv_cx(h, w, spec.in_ch, spec.stem_ch, 3, 1)
-        cx += bn_cx(h, w, spec.stem_ch)
-    rows.append(("stem", cx, (spec.stem_ch, h, w)))
-    in_ch = spec.stem_ch
-    for i, stage in enumerate(spec.stages):
-        cx, h, w = block_complexity(h, w, in_ch, stage.bottleneck_ch, stage.stride,
-                                    stage.groups, stage.base_width, spec.expansion)
-        in_ch = stage.bottleneck_ch * spec.expansion
-        if stage.depth > 1:  # the other blocks of a stage are identical: stride 1, in == out
-            rest, h, w = block_complexity(h, w, in_ch, stage.bottleneck_ch, 1,
-                                          stage.groups, stage.base_width, spec.expansion)
-            cx += rest * (stage.depth - 1)
-        rows.append((f"layer{i + 1}", cx, (in_ch, h, w)))
-    fc = in_ch * spec.num_classes
-    rows.append(("fc", Complexity(fc + spec.num_classes, fc, spec.num_classes),
-                 (spec.num_classes, 1, 1)))
-    return rows
-
-
-def complexity(spec: NetSpec) -> Complexity:
-    """Parameters, MACs (convs + fc, as FlopCounterMode counts / 2) and activations of a spec.
-
-    ``params`` equals ``sum(p.numel() for p in build_model(spec).parameters())`` exactly.
-    """
-    total = Complexity()
-    for _, cx, _ in layer_complexity(spec):
-        total += cx
-    return total

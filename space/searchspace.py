@@ -22,9 +22,8 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
-from space.blocks import Complexity
+from space.analytic import Complexity, complexity
 from space.errors import SpecError, check_keys
-from space.model import complexity
 from space.spec import STEM_STRIDE, NetSpec, StageSpec, positive_int
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from space.blocks import bottleneck_width
+from space.analytic import bottleneck_width, complexity
 from space.errors import SpecError, check_keys
 
 STEM_STRIDE = {"cifar": 1, "imagenet": 4}  # 3x3/s1 conv; 7x7/s2 conv + 3x3/s2 maxpool
@@ -260,8 +260,6 @@ def load_spec(path: str | Path) -> NetSpec:
     An exported file also records ``complexity.params``; it is checked against the rebuilt
     spec so a file edited by hand (or written by another version) cannot silently differ.
     """
-    from space.model import complexity  # local: model imports spec
-
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
