@@ -1,26 +1,33 @@
 """Experiment files: YAML -> validated, frozen config objects.
 
-Every section is a frozen dataclass owned by the module that uses it (``DataConfig`` in
-``search.data``, ``TrainConfig`` in ``search.train``...); this module only reads the file,
-applies ``--set`` overrides and builds the sections generically from their type hints, so a
-new field needs no parser code. Unknown keys are errors naming the closest valid key.
+Every section of the file is a frozen dataclass defined here, in the file's order (``data``,
+``constraints``, ``search``, ``train``, ``latency``, ``tracking``); the modules that use a
+section re-export it (``from search.train import TrainConfig`` works). This module reads the
+file, applies ``--set`` overrides and builds the sections generically from their type hints,
+so a new field needs no parser code. Unknown keys are errors naming the closest valid key.
+
+Nothing here imports torch (``tests/search/test_imports.py`` checks it): commands that only read
+a study, such as ``pareto``, load the experiment file without paying for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from search.data import DataConfig, dataset_info
-from search.latency import LatencyConfig
-from search.train import TrainConfig
+from search.checks import check_bool, check_choice, check_device_name, check_float, check_int, set_field
 from space import SearchSpace
 from space.errors import SpecError, check_keys
+
+if TYPE_CHECKING:
+    import torch
 
 # name -> (optuna direction, unit shown in tables)
 OBJECTIVES = {
@@ -33,6 +40,144 @@ SAMPLERS = ("tpe", "nsga2", "random", "grid")
 PRUNERS = ("none", "asha")
 # Optuna's journal file: safe for several local worker processes (see docs/scaling.md)
 DEFAULT_STORAGE = "journal:mlruns/optuna.journal"
+
+
+# -- data: the datasets and DataConfig ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a network needs to know about a dataset.
+
+    Args:
+        in_ch: image channels.
+        num_classes: number of classes.
+        size: default input size in pixels (the native size, except digits: 8 -> 16).
+        flip: horizontal flips keep the label (False for digits, where a flip changes them).
+        classes: the name of each class, in label order (empty: unnamed).
+    """
+
+    in_ch: int
+    num_classes: int
+    size: int
+    flip: bool
+    classes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.classes and len(self.classes) != self.num_classes:
+            raise SpecError(f"DatasetInfo: {len(self.classes)} class names for {self.num_classes} classes")
+
+
+# class names in label order: torchvision's for the torchvision datasets (CIFAR-100: the fine
+# labels of the archive's `meta` file), the digit for digit datasets (SVHN's label 10 is stored as 0)
+DIGIT_NAMES = tuple(str(i) for i in range(10))
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_NAMES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+FASHIONMNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot")
+SYNTHETIC_NAMES = ("horizontal_stripes", "vertical_stripes", "checkers", "rings")  # drawn by search.data._synthetic
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(1, 10, 16, False, DIGIT_NAMES),  # sklearn's bundled 8x8 digits, upsampled to 16
+    "synthetic": DatasetInfo(3, 4, 16, True, SYNTHETIC_NAMES),  # generated, for tests
+    "cifar10": DatasetInfo(3, 10, 32, True, CIFAR10_NAMES),
+    "cifar100": DatasetInfo(3, 100, 32, True, CIFAR100_NAMES),
+    "mnist": DatasetInfo(1, 10, 28, False, DIGIT_NAMES),
+    "fashionmnist": DatasetInfo(1, 10, 28, True, FASHIONMNIST_NAMES),
+    "svhn": DatasetInfo(3, 10, 32, False, DIGIT_NAMES),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The DatasetInfo of a dataset name.
+
+    Args:
+        name: a key of ``DATASETS``.
+
+    Raises:
+        SpecError: when the name is unknown; the message lists the valid names.
+    """
+    check_choice(name, "data.dataset", DATASETS)
+    return DATASETS[name]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data a study trains on and how it is split and augmented.
+
+    Args:
+        dataset: digits | synthetic | cifar10 | cifar100 | mnist | fashionmnist | svhn.
+        root: directory of the torchvision datasets.
+        download: download torchvision datasets when missing (needs internet).
+        val_fraction: share of the training set held out for validation (stratified).
+        train_subset: at most this many training images (stratified); None = all.
+        input_size: resize images to this size in pixels; None = the dataset's size.
+        augment: random pad-and-crop (+ horizontal flip where the dataset allows it).
+        crop_pad: padding in pixels of the random crop; None = input_size // 8 (4 at 32).
+        seed: seed of the train/val split and of the subset.
+    """
+
+    dataset: str = "digits"  # digits | synthetic | cifar10 | cifar100 | mnist | fashionmnist | svhn
+    root: str = "data"  # directory of torchvision datasets
+    download: bool = True  # download torchvision datasets when missing
+    val_fraction: float = 0.1  # share of the training set held out for validation (stratified)
+    train_subset: int | None = None  # at most this many training images (stratified), None = all
+    input_size: int | None = None  # pixels; None = the dataset's size (digits: 16)
+    augment: bool = True  # random pad-and-crop (+ flip where the dataset allows) on device
+    crop_pad: int | None = None  # pixels of random-crop padding; None = input_size // 8
+    seed: int = 0  # seed of the split and subset
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str):
+            raise SpecError(f"data.dataset must be a string, got {self.dataset!r}")
+        dataset_info(self.dataset)
+        if not isinstance(self.root, str) or not self.root:
+            raise SpecError(f"data.root must be a non-empty directory path, got {self.root!r}")
+        check_bool(self.download, "data.download")
+        set_field(self, "val_fraction", check_float(
+            self.val_fraction, "data.val_fraction", low=0, high=1, low_open=True, high_open=True,
+            fix="use e.g. 0.1 (a validation set is needed to score trials)"))
+        if self.train_subset is not None:
+            check_int(self.train_subset, "data.train_subset", low=1, fix="use null for all images")
+        if self.input_size is not None:
+            check_int(self.input_size, "data.input_size", low=4,
+                      fix="use null for the dataset's size, or e.g. 32")
+        check_bool(self.augment, "data.augment")
+        if self.crop_pad is not None:
+            check_int(self.crop_pad, "data.crop_pad", low=0, fix="use 0 for no crop, or null")
+        check_int(self.seed, "data.seed", low=0)
+        if self.seed >= 2**32:
+            raise SpecError(f"data.seed must be < 2**32, got {self.seed}")
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DATASETS[self.dataset]
+
+    @property
+    def size(self) -> int:
+        """The input size images are resized to."""
+        return self.input_size if self.input_size is not None else self.info.size
+
+    @property
+    def pad(self) -> int:
+        """Random-crop padding used in training (0 when augmentation is off)."""
+        if not self.augment:
+            return 0
+        return self.crop_pad if self.crop_pad is not None else self.size // 8
+
+
+# -- constraints, search -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -88,6 +233,159 @@ class SearchConfig:
                                "inform it), so pruning only spends epochs it learns nothing from"
                                if self.sampler == "nsga2" else "a grid trains every network anyway")
                             + "; use sampler tpe or random with the pruner, or pruner none")
+
+
+# -- train, latency ----------------------------------------------------------------------------
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How each trial's network is trained.
+
+    Args:
+        epochs: passes over the training split; fractional values allowed.
+        seconds: training wall-clock budget; stops at whichever of epochs/seconds comes first.
+        batch_size: images per step.
+        lr: peak learning rate.
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum (needs momentum > 0).
+        weight_decay: L2 penalty on conv and linear weights (not on BN parameters or biases).
+        label_smoothing: of the cross-entropy loss.
+        schedule: onecycle | cosine | constant.
+        warmup: fraction of the budget spent rising linearly to ``lr`` (onecycle only).
+        device: auto | cpu | cuda | cuda:N.
+        bf16: bf16 autocast on CUDA (ignored on the CPU).
+        channels_last: NHWC memory format for the model and its inputs: true, false, or auto
+            (on CUDA, off on the CPU: on an H100 NHWC trained 1.1-2.0x faster than NCHW at every
+            cardinality and group width measured, fp32 and bf16; docs/benchmarks.md). ``nhwc``
+            resolves it for a device.
+        eval_batch_size: images per validation batch.
+        zero_init_residual: zero the last BN of every block so each starts as identity.
+        threads: torch CPU threads of each worker process, set by the entry points
+            (``search.devices.tune_process``) and recorded with every trial; None = the cores
+            the worker owns. Not part of the recipe: a resume may change the worker count.
+    """
+
+    epochs: float = 1.0  # passes over the training split; fractional allowed
+    seconds: float | None = None  # training budget in s; stops at whichever of epochs/seconds first
+    batch_size: int = 128  # images per step
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # Nesterov momentum
+    weight_decay: float = 5e-4  # on conv/linear weights
+    label_smoothing: float = 0.1  # of the cross-entropy targets
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    warmup: float = 0.2  # fraction of the budget spent warming up (onecycle)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool | str = "auto"  # NHWC memory format: true | false | auto (on CUDA, off on the CPU)
+    eval_batch_size: int = 512  # images per validation batch
+    zero_init_residual: bool = True  # each block starts as identity
+    threads: int | None = None  # torch CPU threads of a worker; null = the cores it owns (cores / workers)
+
+    def __post_init__(self) -> None:
+        set_field(self, "epochs", check_float(self.epochs, "train.epochs", low=0, low_open=True,
+                                         fix="use e.g. 1 or 0.5"))
+        if self.seconds is not None:
+            set_field(self, "seconds", check_float(self.seconds, "train.seconds", low=0, low_open=True,
+                                              fix="use null for no time budget"))
+        check_int(self.batch_size, "train.batch_size", low=1, fix="use e.g. 128")
+        set_field(self, "lr", check_float(self.lr, "train.lr", low=0, low_open=True, fix="use e.g. 0.05"))
+        set_field(self, "momentum", check_float(self.momentum, "train.momentum", low=0, high=1,
+                                           high_open=True, fix="use e.g. 0.9"))
+        check_bool(self.nesterov, "train.nesterov")
+        if self.nesterov and self.momentum == 0:
+            raise SpecError("train.nesterov needs momentum > 0; set momentum (e.g. 0.9) or "
+                            "nesterov: false")
+        set_field(self, "weight_decay", check_float(self.weight_decay, "train.weight_decay", low=0,
+                                               fix="use e.g. 5e-4, or 0 for none"))
+        set_field(self, "label_smoothing", check_float(
+            self.label_smoothing, "train.label_smoothing", low=0, high=1, high_open=True,
+            fix="use e.g. 0.1, or 0 for none"))
+        check_choice(self.schedule, "train.schedule", SCHEDULES)
+        set_field(self, "warmup", check_float(self.warmup, "train.warmup", low=0, high=1, high_open=True,
+                                         fix="use e.g. 0.2"))
+        check_device_name(self.device, "train.device")
+        check_bool(self.bf16, "train.bf16")
+        if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
+            raise SpecError(f"train.channels_last must be auto, true or false, got {self.channels_last!r}")
+        check_int(self.eval_batch_size, "train.eval_batch_size", low=1, fix="use e.g. 512")
+        check_bool(self.zero_init_residual, "train.zero_init_residual")
+        if self.threads is not None:
+            check_int(self.threads, "train.threads", low=1, fix="use null for the cores this worker owns")
+
+    def nhwc(self, device: torch.device | str) -> bool:
+        """Whether networks and inputs are channels_last on ``device`` (a device, its name or its type)."""
+        if self.channels_last == "auto":
+            return str(device).split(":")[0] == "cuda"  # torch.device("cuda:1") prints as cuda:1
+        return self.channels_last
+
+
+BACKENDS = ("torch", "onnxruntime")
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # torch.onnx's exporter needs onnx + onnxscript
+ONNX_INSTALL = "pip install 'resnext-nas[onnx]'"
+
+
+def missing_onnx_packages(packages: tuple[str, ...] = ONNX_PACKAGES) -> list[str]:
+    """The packages of ``packages`` that are not installed."""
+    return [p for p in packages if importlib.util.find_spec(p) is None]
+
+
+def require_onnx(what: str, packages: tuple[str, ...] = ONNX_PACKAGES) -> None:
+    """Raise SpecError naming the install command when a package ``what`` needs is missing."""
+    missing = missing_onnx_packages(packages)
+    if missing:
+        raise SpecError(f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+                        f"installed: {ONNX_INSTALL}")
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How latency is measured.
+
+    Args:
+        enabled: measure latency at all (the caller skips ``measure_latency`` when false).
+        batch_size: images per forward pass.
+        warmup: untimed forward passes first.
+        repeats: timed forward passes; the median is reported.
+        threads: torch CPU threads during a CPU measurement (restored afterwards).
+        device: ``train`` (the training device) or cpu | cuda | cuda:N.
+        backend: ``torch`` (the module) or ``onnxruntime`` (its ONNX graph on onnxruntime's CPU
+            execution provider; needs ``pip install 'resnext-nas[onnx]'`` and a CPU device).
+    """
+
+    enabled: bool = True  # measure inference latency
+    batch_size: int = 1  # images per forward pass
+    warmup: int = 5  # untimed forward passes
+    repeats: int = 20  # timed forward passes; median reported
+    threads: int = 1  # torch CPU threads during measurement (restored after)
+    device: str = "train"  # "train" = the training device, or cpu | cuda | cuda:N
+    backend: str = "torch"  # torch | onnxruntime (the exported ONNX graph, CPU)
+
+    def __post_init__(self) -> None:
+        check_bool(self.enabled, "latency.enabled")
+        check_int(self.batch_size, "latency.batch_size", low=1, fix="use 1 for per-image latency")
+        check_int(self.warmup, "latency.warmup", low=0, fix="use e.g. 5")
+        check_int(self.repeats, "latency.repeats", low=1, fix="use e.g. 20")
+        check_int(self.threads, "latency.threads", low=1, fix="use 1 for a stable measurement")
+        check_device_name(self.device, "latency.device", extra=("train",))
+        check_choice(self.backend, "latency.backend", BACKENDS)
+        if self.backend == "onnxruntime":
+            if self.device.startswith("cuda"):
+                raise SpecError(f"latency.backend onnxruntime measures on the CPU, but latency.device is "
+                                f"{self.device!r}; use latency.device: cpu, or backend: torch for the GPU")
+            require_onnx("latency.backend onnxruntime")
+
+    def resolve(self, train_device: torch.device) -> torch.device:
+        """The device latency is measured on: ``train_device`` for ``train``, else ``device`` resolved."""
+        from search.devices import resolve_device  # imports torch: only a study's start needs it
+
+        return train_device if self.device == "train" else resolve_device(self.device)
+
+
+# -- tracking, and the experiment --------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -20,147 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from search.checks import check_bool, check_choice, check_float, check_int, set_field
+# the config section and the dataset table live in search.config (no torch); importable from here
+from search.config import DATASETS, DataConfig, DatasetInfo, dataset_info  # noqa: F401
 from space import SpecError
 
 # -- datasets ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a network needs to know about a dataset.
-
-    Args:
-        in_ch: image channels.
-        num_classes: number of classes.
-        size: default input size in pixels (the native size, except digits: 8 -> 16).
-        flip: horizontal flips keep the label (False for digits, where a flip changes them).
-        classes: the name of each class, in label order (empty: unnamed).
-    """
-
-    in_ch: int
-    num_classes: int
-    size: int
-    flip: bool
-    classes: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.classes and len(self.classes) != self.num_classes:
-            raise SpecError(f"DatasetInfo: {len(self.classes)} class names for {self.num_classes} classes")
-
-
-# class names in label order: torchvision's for the torchvision datasets (CIFAR-100: the fine
-# labels of the archive's `meta` file), the digit for digit datasets (SVHN's label 10 is stored as 0)
-DIGIT_NAMES = tuple(str(i) for i in range(10))
-CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR100_NAMES = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
-    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
-)
-FASHIONMNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot")
-SYNTHETIC_NAMES = ("horizontal_stripes", "vertical_stripes", "checkers", "rings")  # the patterns of _synthetic
-
-DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(1, 10, 16, False, DIGIT_NAMES),  # sklearn's bundled 8x8 digits, upsampled to 16
-    "synthetic": DatasetInfo(3, 4, 16, True, SYNTHETIC_NAMES),  # generated, for tests
-    "cifar10": DatasetInfo(3, 10, 32, True, CIFAR10_NAMES),
-    "cifar100": DatasetInfo(3, 100, 32, True, CIFAR100_NAMES),
-    "mnist": DatasetInfo(1, 10, 28, False, DIGIT_NAMES),
-    "fashionmnist": DatasetInfo(1, 10, 28, True, FASHIONMNIST_NAMES),
-    "svhn": DatasetInfo(3, 10, 32, False, DIGIT_NAMES),
-}
 
 DIGITS_TEST_FRACTION = 0.2  # digits has no test set: this stratified share is held out for it
 DIGITS_TEST_SEED = 0  # fixed, so the held-out test part never depends on DataConfig.seed
 SYNTHETIC_SEED = 1234  # the synthetic dataset is one fixed dataset, like the others
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 640, 256
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """The DatasetInfo of a dataset name.
-
-    Args:
-        name: a key of ``DATASETS``.
-
-    Raises:
-        SpecError: when the name is unknown; the message lists the valid names.
-    """
-    check_choice(name, "data.dataset", DATASETS)
-    return DATASETS[name]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which data a study trains on and how it is split and augmented.
-
-    Args:
-        dataset: digits | synthetic | cifar10 | cifar100 | mnist | fashionmnist | svhn.
-        root: directory of the torchvision datasets.
-        download: download torchvision datasets when missing (needs internet).
-        val_fraction: share of the training set held out for validation (stratified).
-        train_subset: at most this many training images (stratified); None = all.
-        input_size: resize images to this size in pixels; None = the dataset's size.
-        augment: random pad-and-crop (+ horizontal flip where the dataset allows it).
-        crop_pad: padding in pixels of the random crop; None = input_size // 8 (4 at 32).
-        seed: seed of the train/val split and of the subset.
-    """
-
-    dataset: str = "digits"  # digits | synthetic | cifar10 | cifar100 | mnist | fashionmnist | svhn
-    root: str = "data"  # directory of torchvision datasets
-    download: bool = True  # download torchvision datasets when missing
-    val_fraction: float = 0.1  # share of the training set held out for validation (stratified)
-    train_subset: int | None = None  # at most this many training images (stratified), None = all
-    input_size: int | None = None  # pixels; None = the dataset's size (digits: 16)
-    augment: bool = True  # random pad-and-crop (+ flip where the dataset allows) on device
-    crop_pad: int | None = None  # pixels of random-crop padding; None = input_size // 8
-    seed: int = 0  # seed of the split and subset
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.dataset, str):
-            raise SpecError(f"data.dataset must be a string, got {self.dataset!r}")
-        dataset_info(self.dataset)
-        if not isinstance(self.root, str) or not self.root:
-            raise SpecError(f"data.root must be a non-empty directory path, got {self.root!r}")
-        check_bool(self.download, "data.download")
-        set_field(self, "val_fraction", check_float(
-            self.val_fraction, "data.val_fraction", low=0, high=1, low_open=True, high_open=True,
-            fix="use e.g. 0.1 (a validation set is needed to score trials)"))
-        if self.train_subset is not None:
-            check_int(self.train_subset, "data.train_subset", low=1, fix="use null for all images")
-        if self.input_size is not None:
-            check_int(self.input_size, "data.input_size", low=4,
-                      fix="use null for the dataset's size, or e.g. 32")
-        check_bool(self.augment, "data.augment")
-        if self.crop_pad is not None:
-            check_int(self.crop_pad, "data.crop_pad", low=0, fix="use 0 for no crop, or null")
-        check_int(self.seed, "data.seed", low=0)
-        if self.seed >= 2**32:
-            raise SpecError(f"data.seed must be < 2**32, got {self.seed}")
-
-    @property
-    def info(self) -> DatasetInfo:
-        return DATASETS[self.dataset]
-
-    @property
-    def size(self) -> int:
-        """The input size images are resized to."""
-        return self.input_size if self.input_size is not None else self.info.size
-
-    @property
-    def pad(self) -> int:
-        """Random-crop padding used in training (0 when augmentation is off)."""
-        if not self.augment:
-            return 0
-        return self.crop_pad if self.crop_pad is not None else self.size // 8
 
 
 @dataclass

@@ -12,7 +12,6 @@ the same and names the backend.
 """
 
 import copy
-import importlib.util
 import statistics
 import time
 import warnings
@@ -23,68 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.checks import check_bool, check_choice, check_device_name, check_int
-from search.devices import device_name, resolve_device
+# the config section lives in search.config (no torch); importable from here
+from search.config import (  # noqa: F401
+    BACKENDS,
+    ONNX_INSTALL,
+    ONNX_PACKAGES,
+    LatencyConfig,
+    missing_onnx_packages,
+    require_onnx,
+)
+from search.devices import device_name
 from space.errors import SpecError
-
-BACKENDS = ("torch", "onnxruntime")
-ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # torch.onnx's exporter needs onnx + onnxscript
-ONNX_INSTALL = "pip install 'resnext-nas[onnx]'"
-
-
-def missing_onnx_packages(packages: tuple[str, ...] = ONNX_PACKAGES) -> list[str]:
-    """The packages of ``packages`` that are not installed."""
-    return [p for p in packages if importlib.util.find_spec(p) is None]
-
-
-def require_onnx(what: str, packages: tuple[str, ...] = ONNX_PACKAGES) -> None:
-    """Raise SpecError naming the install command when a package ``what`` needs is missing."""
-    missing = missing_onnx_packages(packages)
-    if missing:
-        raise SpecError(f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
-                        f"installed: {ONNX_INSTALL}")
-
-
-@dataclass(frozen=True)
-class LatencyConfig:
-    """How latency is measured.
-
-    Args:
-        enabled: measure latency at all (the caller skips ``measure_latency`` when false).
-        batch_size: images per forward pass.
-        warmup: untimed forward passes first.
-        repeats: timed forward passes; the median is reported.
-        threads: torch CPU threads during a CPU measurement (restored afterwards).
-        device: ``train`` (the training device) or cpu | cuda | cuda:N.
-        backend: ``torch`` (the module) or ``onnxruntime`` (its ONNX graph on onnxruntime's CPU
-            execution provider; needs ``pip install 'resnext-nas[onnx]'`` and a CPU device).
-    """
-
-    enabled: bool = True  # measure inference latency
-    batch_size: int = 1  # images per forward pass
-    warmup: int = 5  # untimed forward passes
-    repeats: int = 20  # timed forward passes; median reported
-    threads: int = 1  # torch CPU threads during measurement (restored after)
-    device: str = "train"  # "train" = the training device, or cpu | cuda | cuda:N
-    backend: str = "torch"  # torch | onnxruntime (the exported ONNX graph, CPU)
-
-    def __post_init__(self) -> None:
-        check_bool(self.enabled, "latency.enabled")
-        check_int(self.batch_size, "latency.batch_size", low=1, fix="use 1 for per-image latency")
-        check_int(self.warmup, "latency.warmup", low=0, fix="use e.g. 5")
-        check_int(self.repeats, "latency.repeats", low=1, fix="use e.g. 20")
-        check_int(self.threads, "latency.threads", low=1, fix="use 1 for a stable measurement")
-        check_device_name(self.device, "latency.device", extra=("train",))
-        check_choice(self.backend, "latency.backend", BACKENDS)
-        if self.backend == "onnxruntime":
-            if self.device.startswith("cuda"):
-                raise SpecError(f"latency.backend onnxruntime measures on the CPU, but latency.device is "
-                                f"{self.device!r}; use latency.device: cpu, or backend: torch for the GPU")
-            require_onnx("latency.backend onnxruntime")
-
-    def resolve(self, train_device: torch.device) -> torch.device:
-        """The device latency is measured on: ``train_device`` for ``train``, else ``device`` resolved."""
-        return train_device if self.device == "train" else resolve_device(self.device)
 
 
 def check_backend(cfg: LatencyConfig, device: torch.device) -> None:

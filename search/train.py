@@ -18,95 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from search.checks import check_bool, check_choice, check_device_name, check_float, check_int, set_field
+# the config section lives in search.config (no torch); importable from here
+from search.config import SCHEDULES, TrainConfig  # noqa: F401
 from search.data import Splits, augment, batches, steps_per_epoch
-from space import Bottleneck, SpecError
+from space import Bottleneck
 
-SCHEDULES = ("onecycle", "cosine", "constant")
 FINITE_CHECK_EVERY = 50  # steps between the NaN/inf checks (one host sync each)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How each trial's network is trained.
-
-    Args:
-        epochs: passes over the training split; fractional values allowed.
-        seconds: training wall-clock budget; stops at whichever of epochs/seconds comes first.
-        batch_size: images per step.
-        lr: peak learning rate.
-        momentum: SGD momentum.
-        nesterov: Nesterov momentum (needs momentum > 0).
-        weight_decay: L2 penalty on conv and linear weights (not on BN parameters or biases).
-        label_smoothing: of the cross-entropy loss.
-        schedule: onecycle | cosine | constant.
-        warmup: fraction of the budget spent rising linearly to ``lr`` (onecycle only).
-        device: auto | cpu | cuda | cuda:N.
-        bf16: bf16 autocast on CUDA (ignored on the CPU).
-        channels_last: NHWC memory format for the model and its inputs: true, false, or auto
-            (on CUDA, off on the CPU: on an H100 NHWC trained 1.1-2.0x faster than NCHW at every
-            cardinality and group width measured, fp32 and bf16; docs/benchmarks.md). ``nhwc``
-            resolves it for a device.
-        eval_batch_size: images per validation batch.
-        zero_init_residual: zero the last BN of every block so each starts as identity.
-        threads: torch CPU threads of each worker process, set by the entry points
-            (``search.devices.tune_process``) and recorded with every trial; None = the cores
-            the worker owns. Not part of the recipe: a resume may change the worker count.
-    """
-
-    epochs: float = 1.0  # passes over the training split; fractional allowed
-    seconds: float | None = None  # training budget in s; stops at whichever of epochs/seconds first
-    batch_size: int = 128  # images per step
-    lr: float = 0.05  # peak learning rate
-    momentum: float = 0.9  # SGD momentum
-    nesterov: bool = True  # Nesterov momentum
-    weight_decay: float = 5e-4  # on conv/linear weights
-    label_smoothing: float = 0.1  # of the cross-entropy targets
-    schedule: str = "onecycle"  # onecycle | cosine | constant
-    warmup: float = 0.2  # fraction of the budget spent warming up (onecycle)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool | str = "auto"  # NHWC memory format: true | false | auto (on CUDA, off on the CPU)
-    eval_batch_size: int = 512  # images per validation batch
-    zero_init_residual: bool = True  # each block starts as identity
-    threads: int | None = None  # torch CPU threads of a worker; null = the cores it owns (cores / workers)
-
-    def __post_init__(self) -> None:
-        set_field(self, "epochs", check_float(self.epochs, "train.epochs", low=0, low_open=True,
-                                         fix="use e.g. 1 or 0.5"))
-        if self.seconds is not None:
-            set_field(self, "seconds", check_float(self.seconds, "train.seconds", low=0, low_open=True,
-                                              fix="use null for no time budget"))
-        check_int(self.batch_size, "train.batch_size", low=1, fix="use e.g. 128")
-        set_field(self, "lr", check_float(self.lr, "train.lr", low=0, low_open=True, fix="use e.g. 0.05"))
-        set_field(self, "momentum", check_float(self.momentum, "train.momentum", low=0, high=1,
-                                           high_open=True, fix="use e.g. 0.9"))
-        check_bool(self.nesterov, "train.nesterov")
-        if self.nesterov and self.momentum == 0:
-            raise SpecError("train.nesterov needs momentum > 0; set momentum (e.g. 0.9) or "
-                            "nesterov: false")
-        set_field(self, "weight_decay", check_float(self.weight_decay, "train.weight_decay", low=0,
-                                               fix="use e.g. 5e-4, or 0 for none"))
-        set_field(self, "label_smoothing", check_float(
-            self.label_smoothing, "train.label_smoothing", low=0, high=1, high_open=True,
-            fix="use e.g. 0.1, or 0 for none"))
-        check_choice(self.schedule, "train.schedule", SCHEDULES)
-        set_field(self, "warmup", check_float(self.warmup, "train.warmup", low=0, high=1, high_open=True,
-                                         fix="use e.g. 0.2"))
-        check_device_name(self.device, "train.device")
-        check_bool(self.bf16, "train.bf16")
-        if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
-            raise SpecError(f"train.channels_last must be auto, true or false, got {self.channels_last!r}")
-        check_int(self.eval_batch_size, "train.eval_batch_size", low=1, fix="use e.g. 512")
-        check_bool(self.zero_init_residual, "train.zero_init_residual")
-        if self.threads is not None:
-            check_int(self.threads, "train.threads", low=1, fix="use null for the cores this worker owns")
-
-    def nhwc(self, device: torch.device | str) -> bool:
-        """Whether networks and inputs are channels_last on ``device`` (a device or a device type)."""
-        if self.channels_last == "auto":
-            return torch.device(device).type == "cuda"
-        return self.channels_last
 
 
 @dataclass
