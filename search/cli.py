@@ -1,4 +1,9 @@
-"""The ``resnext-nas`` command line."""
+"""The ``resnext-nas`` command line.
+
+The modules that import torch (training, export, latency) are imported inside the commands
+that use them: ``pareto``, ``space`` and ``build`` (without ``--check``) never import torch,
+which alone takes longer to import than the rest of such a command.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import sys
 from pathlib import Path
 
 from search.errors import guarded, redact, redact_text
-from space import SearchSpace, build_model, complexity, layer_complexity, load_spec, preset
+from space import SearchSpace, complexity, layer_complexity, load_spec, preset
 from space.errors import SpecError
 
 
@@ -74,6 +79,8 @@ def cmd_build(args) -> int:
     cx = complexity(spec)
     print(f"total: {cx.params:,} params, {cx.macs:,} MACs, {cx.acts:,} activations")
     if args.check:
+        from space import build_model  # imports torch: only --check builds the network
+
         n = sum(p.numel() for p in build_model(spec).parameters())
         print(f"built model: {n:,} params ({'matches' if n == cx.params else 'MISMATCH'})")
         return 0 if n == cx.params else 1
