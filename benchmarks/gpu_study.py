@@ -38,6 +38,7 @@ from benchmarks import overhead
 from benchmarks._report import env_header, footer, median, set_threads, target
 from search.config import load_experiment
 from search.devices import cpu_cores, resolve_device, tune_process
+from search.results import trial_attrs
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -150,9 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
             rates.append(rate)
             if mem is not None:
                 memory.append(mem)
-        acc = (t.user_attrs.get("metrics") or {}).get("val_accuracy")
-        print(f"{k + 1:>5} {outcome:<14} {t.user_attrs.get('spec_name', '?'):<44.44} "
-              f"{t.user_attrs.get('params', 0) / 1e6:>7.2f}M {acc if acc is not None else float('nan'):>7.3f} "
+        attrs = trial_attrs(t)
+        acc = (attrs.get("metrics") or {}).get("val_accuracy")
+        print(f"{k + 1:>5} {outcome:<14} {attrs.get('spec_name', '?'):<44.44} "
+              f"{attrs.get('params', 0) / 1e6:>7.2f}M {acc if acc is not None else float('nan'):>7.3f} "
               f"{rate:>9,.0f} {train:>6.2f}s "
               + (f"{row['train_model'] - train:>5.2f}s {row['cycle']:>6.2f}s {row['overhead'] * 1e3:>6.0f}ms "
                  f"{row['latency'] * 1e3:>5.0f}ms" if row else f"{'':>6} {'(setup)':>7} {'':>8} {'':>7}")

@@ -32,7 +32,7 @@ from search.errors import redact_text
 from search.latency import measure_latency
 from search.pareto import to_losses
 from search.progress import Progress
-from search.results import OUT_OF_MEMORY, OVER_BUDGET, PRUNED, REUSED, STATIC, TRAINED, Ledger
+from search.results import NETWORK, OUT_OF_MEMORY, OVER_BUDGET, PRUNED, REUSED, STATIC, TRAINED, TRAINING, Ledger
 from search.tracking import Tracker
 from search.train import NonFiniteLoss, seed_everything, train_model
 from space import NetSpec, build_model, complexity
@@ -140,15 +140,13 @@ class Objective:
         trial.set_user_attr("worker", self.worker)  # first: whoever finds this trial orphaned needs it
         spec = cfg.space.suggest(trial)
         cx = complexity(spec)
-        for key, value in (("spec", spec.to_dict()), ("spec_name", spec.name), ("spec_hash", spec.hash),
-                           ("params", cx.params), ("macs", cx.macs)):
-            trial.set_user_attr(key, value)
         # the spec as a tag (compact JSON: NetSpec.from_dict(json.loads(tag)) rebuilds the network)
         run_id = self.tracker.start_trial(self.parent_id, cfg.study_name, trial.number, {
             "spec_name": spec.name, "spec_hash": spec.hash, "spec": json.dumps(spec.to_dict(), separators=(",", ":")),
             "worker": f"{self.worker['host']}:{self.worker['pid']}"})
-        if run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr(NETWORK, {"spec": spec.to_dict(), "spec_name": spec.name, "spec_hash": spec.hash,
+                                      "params": cx.params, "macs": cx.macs,
+                                      **({"mlflow_run_id": run_id} if run_id else {})})
         self.progress.trial_started(trial.number, spec.name)
         status, record = "FAILED", {}  # the run's record, logged in one batch as it ends
         try:
@@ -243,7 +241,9 @@ class Objective:
             outcome = twin.outcome
             trial.set_user_attr("outcome", REUSED if outcome == TRAINED else outcome)
             trial.set_user_attr("reused_from", twin.number)
-            for key in ("seed", "threads", "metrics", "device"):
+            if "seed" in twin.attrs:
+                trial.set_user_attr(TRAINING, {k: twin.attrs.get(k) for k in ("seed", "threads")})
+            for key in ("metrics", "device"):
                 if key in twin.attrs:
                     trial.set_user_attr(key, twin.attrs[key])
             for key, value in twin.constraints.items():
@@ -299,9 +299,8 @@ class Objective:
             if record.epoch in rungs:
                 self._rung(trial, record, records, known)
 
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("threads", torch.get_num_threads())
-        trial.set_user_attr("epochs_done", 0)  # training has begun (watchers and tests read this)
+        # set as training begins (watchers and tests read it so); epochs_done follows after every epoch
+        trial.set_user_attr(TRAINING, {"seed": seed, "threads": torch.get_num_threads()})
         try:
             model, result = build_and_train(spec, self.splits, cfg.train, self.device, seed, on_epoch)
         except Stopped as stop:

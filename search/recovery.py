@@ -18,6 +18,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from search import worker
+from search.results import trial_attrs
 from search.storage import LOST_AFTER
 from search.tracking import Tracker
 
@@ -52,7 +53,7 @@ def _end_lost_run(tracker: Tracker | None, study: optuna.Study, trial: optuna.tr
                   status: str) -> None:
     if tracker is None or not tracker.enabled:
         return
-    run_id = trial.user_attrs.get("mlflow_run_id") or tracker.find_trial_run(study.study_name, trial.number)
+    run_id = trial_attrs(trial).get("mlflow_run_id") or tracker.find_trial_run(study.study_name, trial.number)
     tracker.log(run_id, tags={"state": "lost", "failure": "lost", "fail_reason": reason})
     tracker.end(run_id, status)
 

@@ -31,8 +31,21 @@ TRAINED, REUSED, OVER_BUDGET, OUT_OF_MEMORY = "trained", "reused", "over_budget"
 OUTCOMES = (TRAINED, REUSED, OVER_BUDGET, OUT_OF_MEMORY)
 PRUNED = "pruned"  # stopped at a rung of the pruner (Optuna state PRUNED; never on the front)
 STATIC = {"max_params": "params", "max_macs": "macs"}  # constraints known before building
+# Grouped user attributes: each is one journal record where its keys alone would be several (Optuna
+# writes one record per attribute). ``trial_attrs`` spreads them out; older studies stored the keys
+# one by one, and read the same.
+NETWORK = "network"  # spec, spec_name, spec_hash, params, macs, mlflow_run_id: set as a trial starts
+TRAINING = "training"  # seed, threads: set as its training begins
 REF_MARGIN = 1.1  # the reference point lies this far beyond the largest cost the study can see
 LATENCY_HEADROOM = 2.0  # ... and latency, measured (noisy), this much beyond the largest network's
+
+
+def trial_attrs(t: optuna.trial.FrozenTrial) -> dict:
+    """A trial's user attributes with the grouped ones (``NETWORK``, ``TRAINING``) spread out."""
+    attrs = t.user_attrs
+    if NETWORK not in attrs and TRAINING not in attrs:
+        return attrs
+    return {**attrs, **attrs.get(NETWORK, {}), **attrs.get(TRAINING, {})}
 
 
 @dataclass
@@ -52,9 +65,9 @@ class Row:
 
     @classmethod
     def from_trial(cls, t: optuna.trial.FrozenTrial, objectives: tuple[str, ...]) -> Row:
-        constraints = t.constraints
+        constraints, attrs = t.constraints, trial_attrs(t)
         return cls(t.number, dict(zip(objectives, t.values, strict=True)), all(v <= 0 for v in constraints.values()),
-                   t.user_attrs.get("spec", {}), t.user_attrs, constraints)
+                   attrs.get("spec", {}), attrs, constraints)
 
 
 def finished_rows(study: optuna.Study, objectives: tuple[str, ...]) -> list[Row]:
@@ -279,7 +292,7 @@ class Ledger:
                     self.failed.add(t.number)
                     self.counts["failed"] += 1
             elif t.state == TrialState.PRUNED:
-                h = t.user_attrs.get("spec_hash")
+                h = trial_attrs(t).get("spec_hash")
                 if t.number not in self.stopped:
                     self.stopped.add(t.number)
                     self.counts[PRUNED] += 1

@@ -48,6 +48,7 @@ from search.results import (
     study_hypervolume,
     study_spent,
     summarize,
+    trial_attrs,
 )
 from search.storage import create_study, find_study, load_study, make_sampler, sampler_seed
 from search.tracking import Tracker, quiet_mlflow
@@ -137,7 +138,7 @@ class _FreeStreak:
 
 def _run_id(ledger: Ledger, trial: optuna.trial.FrozenTrial, number: int) -> str | None:
     """The MLflow run of trial ``number`` (the trial just finished, or one of the ledger's rows)."""
-    attrs = trial.user_attrs if number == trial.number else ledger.rows[number].attrs
+    attrs = trial_attrs(trial) if number == trial.number else ledger.rows[number].attrs
     return attrs.get("mlflow_run_id")
 
 

@@ -38,3 +38,17 @@ def test_a_trial_commits_its_run_and_only_what_the_front_changed(tmp_path):
         assert spans.commits[k] <= bound, (k, spans.commits[k], bound)
         quiet += k not in hv_steps and not left
     assert quiet > 0  # some trials changed nothing but their own run: 7 commits at most
+
+
+def test_a_trained_trial_writes_each_journal_record_once(tmp_path):
+    """Optuna's journal takes one record (an fsync) per user attribute: the grouped attributes
+    (``network``, ``training``) keep a trained trial at one record per attribute it ends with."""
+    cfg = tiny_study(tmp_path, 4, sampler="random", latency=True, epochs=1)
+    spans, _, _, _ = run_study(cfg)
+    trained = [t for t in load_study(cfg).trials[1:] if t.user_attrs.get("outcome") == "trained"]
+    assert trained
+    for t in trained:
+        # created, finished, its sampled parameters, and each attribute once (one epoch: epochs_done once)
+        assert spans.appends[t.number] == 2 + len(t.params) + len(t.user_attrs) + len(t.system_attrs), t.user_attrs
+        assert set(t.user_attrs) == {"worker", "network", "training", "epochs_done", "metrics", "curve", "outcome",
+                                     "memory_after_mb"}

@@ -137,7 +137,7 @@ def trials(path: Path, storage: str | None = None) -> list[optuna.trial.FrozenTr
 
 def training(path: Path, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
     """Running trials whose training has begun."""
-    return [t for t in trials(path, storage) if t.state.name == "RUNNING" and "epochs_done" in t.user_attrs]
+    return [t for t in trials(path, storage) if t.state.name == "RUNNING" and "training" in t.user_attrs]
 
 
 def just_started(path: Path, within_s: float = 0.6, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:

@@ -7,7 +7,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.results import Ledger, finished_rows, outcome_counts, pareto_rows, summarize
+from search.results import Ledger, Row, finished_rows, outcome_counts, pareto_rows, summarize, trial_attrs
 
 OBJECTIVES = ("val_accuracy", "params", "latency_ms")
 DIRECTIONS = ["maximize", "minimize", "minimize"]
@@ -23,6 +23,8 @@ def random_trial(rng: random.Random, number: int, hashes: list[str]):
              "device": "cpu:x"}
     if outcome == "reused":
         attrs["reused_from"] = 0
+    if rng.random() < 0.5:  # today's grouped layout; else an older study's, one key per attribute
+        attrs["network"] = {"spec_hash": attrs.pop("spec_hash"), "mlflow_run_id": attrs.pop("mlflow_run_id")}
     trial = create_trial(values=values, user_attrs=attrs, params={"x": 0.5},
                          distributions={"x": FloatDistribution(0, 1)},
                          system_attrs={"constraints:max_params": -1.0 if outcome != "over_budget" else 1.0,
@@ -78,3 +80,15 @@ def test_a_late_lower_numbered_twin_takes_the_network_over():
 
 class _Cfg:
     objectives, directions = OBJECTIVES, DIRECTIONS
+
+
+def test_grouped_attributes_read_as_an_older_studys_flat_ones():
+    flat = {"spec": {"stem": "cifar"}, "spec_name": "n", "spec_hash": "h", "params": 10, "macs": 20,
+            "mlflow_run_id": "r", "seed": 3, "threads": 1, "outcome": "trained"}
+    network = ("spec", "spec_name", "spec_hash", "params", "macs", "mlflow_run_id")
+    grouped = {"network": {k: flat[k] for k in network}, "training": {"seed": 3, "threads": 1}, "outcome": "trained"}
+    trials = [create_trial(values=[0.9, 10, 1.0], user_attrs=a) for a in (flat, grouped)]
+    rows = [Row.from_trial(t, OBJECTIVES) for t in trials]
+    assert {k: rows[1].attrs[k] for k in flat} == flat == {k: trial_attrs(trials[1])[k] for k in flat}
+    assert rows[0].spec == rows[1].spec == {"stem": "cifar"}
+    assert trial_attrs(trials[0]) is trials[0].user_attrs  # an older study's trial: read as it is

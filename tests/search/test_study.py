@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from search.export import evaluate_exported, export_best, load_weights
 from search.pareto import non_dominated, to_losses
-from search.results import hypervolume_by_trial
+from search.results import hypervolume_by_trial, trial_attrs
 from search.storage import load_study
 from search.study import open_or_create_study, run_search
 from space import NetSpec, build_model, complexity, load_spec
@@ -24,8 +24,8 @@ def brute_force_front(study, directions):
     done, seen = [], set()
     for t in study.trials:
         if t.state.name == "COMPLETE" and t.user_attrs["outcome"] == "trained" \
-                and all(v <= 0 for v in t.constraints.values()) and t.user_attrs["spec_hash"] not in seen:
-            seen.add(t.user_attrs["spec_hash"])
+                and all(v <= 0 for v in t.constraints.values()) and trial_attrs(t)["spec_hash"] not in seen:
+            seen.add(trial_attrs(t)["spec_hash"])
             done.append(t)
     keep = non_dominated([to_losses(t.values, directions) for t in done])
     return {done[i].number for i in keep}
@@ -64,14 +64,14 @@ def test_study_logs_runs_tags_and_exports(tiny, tmp_path):
         assert run.info.status == "FINISHED"
         assert run.data.tags["pareto"] == ("true" if number in front else "false")
         t = study.trials[number]
-        assert run.data.metrics["params"] == t.user_attrs["params"]
-        assert run.data.params["num_stages"] == str(len(t.user_attrs["spec"]["stages"]))
+        assert run.data.metrics["params"] == trial_attrs(t)["params"]
+        assert run.data.params["num_stages"] == str(len(trial_attrs(t)["spec"]["stages"]))
         if "reused_from" not in t.user_attrs:
             assert 0.0 <= run.data.metrics["val_accuracy"] <= 1.0
             assert run.data.metrics["latency_ms"] > 0
             hist = client.get_metric_history(run.info.run_id, "val_accuracy")
             assert sorted(m.step for m in hist) == [0, 1]  # final (step 0) + one epoch
-        assert NetSpec.from_dict(json.loads(run.data.tags["spec"])).to_dict() == t.user_attrs["spec"]  # rebuildable
+        assert NetSpec.from_dict(json.loads(run.data.tags["spec"])).to_dict() == trial_attrs(t)["spec"]  # rebuildable
 
     out = tmp_path / "best.yaml"
     doc = export_best(cfg, "max-accuracy", out)
@@ -139,10 +139,10 @@ def test_static_budget_never_builds_is_infeasible_and_is_free(tiny, monkeypatch)
     skipped = [t for t in summary.study.trials if t.user_attrs["outcome"] == "over_budget"]
     assert skipped, "the budget must bind in this test"
     for t in skipped:
-        assert t.user_attrs["params"] > 3000
+        assert trial_attrs(t)["params"] > 3000
         assert t.constraints["max_params"] > 0
-        assert "metrics" not in t.user_attrs and "seed" not in t.user_attrs  # never trained
-        assert t.user_attrs["spec_hash"] not in built[1:]  # never built for a trial
+        assert "metrics" not in t.user_attrs and "seed" not in trial_attrs(t)  # never trained
+        assert trial_attrs(t)["spec_hash"] not in built[1:]  # never built for a trial
     trained = [t for t in summary.study.trials if t.user_attrs["outcome"] == "trained"]
     assert len(trained) == 4 == summary.counts["trained"]  # n_trials counts trained networks only
     assert summary.counts["over_budget"] == len(skipped)
@@ -151,8 +151,8 @@ def test_static_budget_never_builds_is_infeasible_and_is_free(tiny, monkeypatch)
     # the trained networks only
     assert built[0] == cfg.space.largest().hash
     # costs first: a trained network is built twice, untrained for its latency, then for training
-    assert sorted(built[1:]) == sorted(2 * [t.user_attrs["spec_hash"] for t in trained])
-    assert all(t.user_attrs["params"] <= 3000 for t in summary.study.best_trials)
+    assert sorted(built[1:]) == sorted(2 * [trial_attrs(t)["spec_hash"] for t in trained])
+    assert all(trial_attrs(t)["params"] <= 3000 for t in summary.study.best_trials)
 
 
 def test_impossible_budget_refuses_to_start(tiny):

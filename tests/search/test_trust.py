@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.config import load_experiment
+from search.results import trial_attrs
 from search.storage import RESUMABLE, find_study, load_study, recipe
 from search.study import run_search
 from space import complexity
@@ -142,7 +143,7 @@ def test_evaluate_reproduces_the_trial_with_its_recorded_seed_and_threads(tmp_pa
     assert main(["search", str(exp), "--quiet", "--pick", "max-accuracy", "--export-dir", str(tmp_path)]) == 0
     doc = yaml.safe_load((tmp_path / "exp_max-accuracy.yaml").read_text())
     study = load_study(load_experiment(exp))
-    assert study.trials[doc["provenance"]["trial"]].user_attrs["threads"] == doc["provenance"]["threads"] == 1
+    assert trial_attrs(study.trials[doc["provenance"]["trial"]])["threads"] == doc["provenance"]["threads"] == 1
     assert doc["provenance"]["recipe_fingerprint"] == study.user_attrs["fingerprint"]
     torch.set_num_threads(2)  # evaluate must set the recorded count itself
     capsys.readouterr()
