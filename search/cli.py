@@ -151,7 +151,7 @@ def cmd_pareto(args) -> int:
     from search.storage import load_study
 
     cfg = _experiment(args)
-    study = load_study(cfg, args.storage)
+    study = load_study(cfg, args.storage, reading=True)
     table = front_table(pareto_rows(finished_rows(study, cfg.objectives), cfg.directions), cfg.objectives)
     print(f"study '{cfg.study_name}': {describe_counts(outcome_counts(study))}; {len(table)} networks on the "
           "feasible Pareto front")
@@ -208,7 +208,7 @@ def cmd_report(args) -> int:
                         "one (used for all) or one per experiment, in the same order")
     cfgs = [load_experiment(e, list(args.set)) for e in args.experiments]
     urls = [storages[0] if len(storages) == 1 else storages[i] if storages else None for i in range(len(cfgs))]
-    studies = [load_study(cfg, url) for cfg, url in zip(cfgs, urls, strict=True)]
+    studies = [load_study(cfg, url, reading=True) for cfg, url in zip(cfgs, urls, strict=True)]
     labels = unique_labels([c.study_name for c in cfgs], args.experiments)
     datas = [collect(s, c, e, label) for s, c, e, label in zip(studies, cfgs, args.experiments, labels, strict=True)]
     out = write_report(datas, args.out or default_out(labels))

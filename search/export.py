@@ -305,7 +305,7 @@ def export_best(cfg: ExperimentConfig, how: str, out: str | Path, storage_url: s
     from search.results import finished_rows, front_table, pareto_rows
     from search.storage import load_study
 
-    study = load_study(cfg, storage_url)
+    study = load_study(cfg, storage_url, reading=True)
     front = pareto_rows(finished_rows(study, cfg.objectives), cfg.directions)
     table = front_table(front, cfg.objectives)
     try:

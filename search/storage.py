@@ -39,25 +39,34 @@ def device_type(name: str) -> str:
     return name.split(":")[0]
 
 
-def recipe(cfg: ExperimentConfig) -> dict:
+def recipe(cfg: ExperimentConfig, recorded: dict | None = None) -> dict:
     """Everything that changes a trial's result, as a flat ``{dotted.key: value}`` mapping.
 
     Not in it: ``RESUMABLE`` (how much is run and where) and the data's ``root``/``download``
     (where files come from). The device enters as its type (``cpu``/``cuda``): the same
     study may move between GPUs, not between a GPU and the CPU. ``train.channels_last`` enters
     as what it means on that device type (``auto`` is not a format).
+
+    Args:
+        cfg: the experiment.
+        recorded: a study's recipe, when the study is only read (``pareto``, ``report``,
+            ``export``): an ``auto`` device then means the device type the study ran on, not
+            what this machine has (a GPU study reads on a laptop, and torch need not load).
     """
+    def kind(device: str, key: str) -> str:
+        return recorded[key] if device == "auto" and recorded and key in recorded else device_type(device)
+
     train = {k: v for k, v in vars(cfg.train).items() if k not in ("device", "threads")}
     latency = {k: v for k, v in vars(cfg.latency).items() if k != "device"}
     lat_device = cfg.train.device if cfg.latency.device == "train" else cfg.latency.device
+    train_type = kind(cfg.train.device, "train.device_type")
     tree = {
         "space": cfg.space.to_dict(),
         "objectives": list(cfg.objectives),
         "constraints": vars(cfg.constraints),
         "data": {k: v for k, v in vars(cfg.data).items() if k not in ("root", "download")},
-        "train": {**train, "channels_last": cfg.train.nhwc(device_type(cfg.train.device)),
-                  "device_type": device_type(cfg.train.device)},
-        "latency": {**latency, "device_type": device_type(lat_device)},
+        "train": {**train, "channels_last": cfg.train.nhwc(train_type), "device_type": train_type},
+        "latency": {**latency, "device_type": kind(lat_device, "latency.device_type")},
         "search": {"seed": cfg.search.seed},
     }
     flat: dict = {}
@@ -155,7 +164,7 @@ def sampler_seed(study_seed: int, salt: str) -> int:
     return int(hashlib.sha256(f"{study_seed}:sampler:{salt}".encode()).hexdigest()[:8], 16)
 
 
-def _check_recipe(study: optuna.Study, cfg: ExperimentConfig, url: str) -> None:
+def _check_recipe(study: optuna.Study, cfg: ExperimentConfig, url: str, reading: bool) -> None:
     recorded = study.user_attrs.get("recipe")
     if recorded is None:
         if "fingerprint" in study.user_attrs:  # made by a version that recorded less
@@ -163,7 +172,7 @@ def _check_recipe(study: optuna.Study, cfg: ExperimentConfig, url: str) -> None:
                             "did not record its full recipe, so its results cannot be checked against this one; "
                             "start a new study: --set search.study_name=NEW")
         return
-    diff = recipe_diff(recorded, recipe(cfg))
+    diff = recipe_diff(recorded, recipe(cfg, recorded if reading else None))
     if diff:
         raise SpecError(
             f"study '{study.study_name}' in {redact(url)} was run with another recipe, and results are only "
@@ -174,8 +183,11 @@ def _check_recipe(study: optuna.Study, cfg: ExperimentConfig, url: str) -> None:
 
 
 def find_study(cfg: ExperimentConfig, storage_url: str | None = None, *,
-               on_stale: Callable | None = None) -> optuna.Study | None:
+               on_stale: Callable | None = None, reading: bool = False) -> optuna.Study | None:
     """The experiment's study if the storage has one (its recipe checked), else None; creates nothing.
+
+    ``reading``: the caller only reads the study (no trial will run here), so an ``auto``
+    device is checked as the device type the study ran on (``recipe``).
 
     Raises:
         SpecError: the storage cannot be opened, or the study was run with another recipe.
@@ -190,14 +202,14 @@ def find_study(cfg: ExperimentConfig, storage_url: str | None = None, *,
         return None
     except Exception as e:
         raise SpecError(f"cannot read the study storage {redact(url)}: {error_line(e)}") from None
-    _check_recipe(study, cfg, url)
+    _check_recipe(study, cfg, url, reading)
     return study
 
 
 def load_study(cfg: ExperimentConfig, storage_url: str | None = None, *,
-               on_stale: Callable | None = None) -> optuna.Study:
-    """The experiment's existing study (recipe checked); a clear error when there is none."""
-    study = find_study(cfg, storage_url, on_stale=on_stale)
+               on_stale: Callable | None = None, reading: bool = False) -> optuna.Study:
+    """The existing study (recipe checked; ``reading``: see ``find_study``); a clear error when there is none."""
+    study = find_study(cfg, storage_url, on_stale=on_stale, reading=reading)
     if study is None:
         raise SpecError(f"no study '{cfg.study_name}' in {redact(storage_url or cfg.storage_url)}; "
                         "run `resnext-nas search` first")
@@ -216,7 +228,7 @@ def create_study(cfg: ExperimentConfig, storage_url: str | None, attrs: dict, *,
     study = optuna.create_study(storage=storage, study_name=cfg.study_name, directions=cfg.directions,
                                 sampler=make_sampler(cfg), load_if_exists=True)
     if "recipe" in study.user_attrs:  # another process made it meanwhile
-        _check_recipe(study, cfg, url)
+        _check_recipe(study, cfg, url, reading=False)
         return study
     rec = recipe(cfg)
     _experimental(study.set_metric_names, list(cfg.objectives))  # named in optuna-dashboard

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
 from search.config import experiment_from_dict
-from search.storage import create_study
+from search.storage import create_study, find_study
+from space.errors import SpecError
 
 from .conftest import tiny_raw
 
@@ -71,12 +73,21 @@ def test_reading_the_experiment_file_does_not_import_torch():
     assert_no_torch(f"{READ_ONLY}\nsearch.config.load_experiment('experiments/quickstart.yaml')")
 
 
-def test_pareto_command_does_not_import_torch(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_pareto_command_does_not_import_torch(tmp_path, device):
     raw = tiny_raw(tmp_path)
+    raw["train"]["device"] = device
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump(raw))
     cfg = experiment_from_dict(raw, name="exp")
     study = create_study(cfg, None, {})
+    if device == "auto":  # as if it ran on a GPU machine: read here (no GPU), `auto` means what it ran on
+        ran = {**study.user_attrs["recipe"], "train.device_type": "cuda", "latency.device_type": "cuda",
+               "train.channels_last": True}
+        study.set_user_attr("recipe", ran)
+        with pytest.raises(SpecError, match="train.device_type: 'cuda' \\(study\\) vs 'cpu' \\(now\\)"):
+            find_study(cfg)  # a resume here would train on the CPU: another recipe, refused
+        assert find_study(cfg, reading=True) is not None
     for number, values in enumerate([[0.9, 300, 2.0], [0.8, 100, 1.0], [0.7, 200, 3.0]]):  # the last is dominated
         study.add_trial(create_trial(
             values=values, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
