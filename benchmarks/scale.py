@@ -8,12 +8,13 @@ the progress display quiet, and the collector freezing each trial's survivors as
 collector alone, as a library caller of ``run_search`` gets it). Only the work of a trial is
 faked, instantly and deterministically: ``search.objective.build_and_train`` returns a tiny
 untrained model and a ``TrainResult`` whose accuracy grows with the network's (log) parameter
-count times a factor drawn from its hash, and ``search.objective.measure_latency`` returns a
+count times a factor drawn from its hash, ``search.objective.build_model`` (the network a trial
+times before training) returns that stub too, and ``search.objective.measure_latency`` returns a
 ``Latency`` proportional to the network's MACs times another such factor, so the 3-objective
 front (accuracy, params, latency) is non-trivial and changes as the study goes on.
 
 The per-trial bookkeeping cost of trial k is the time between the ends of trials k-1 and k (the
-study's ``on_trial`` callback) minus the time spent inside the two fakes; trial 0 holds the
+study's ``on_trial`` callback) minus the time spent inside the fakes; trial 0 holds the
 one-time setup and is left out. Its median in windows of trials (0-100, 1000-1100, ... and the last
 100 for 10,000 trials) shows whether it grows with the study; the parts of the study it is spent in
 (Pareto summary, Pareto tags, reuse lookup, the loop's checks, MLflow writes, the collector) are
@@ -249,12 +250,19 @@ class Fakes:
             on_epoch(record)
         return model, result
 
+    def build_model(self, spec: NetSpec) -> Stub:
+        """The stub in place of the network a trial times before training (the trial's work, not bookkeeping)."""
+        t0 = time.perf_counter()
+        model = Stub(spec)
+        self.clock.add(self.clock.fake, time.perf_counter() - t0)
+        return model
+
     def measure_latency(self, model, in_ch: int, size: int, cfg, device, *, bf16: bool = False,
                         channels_last: bool = False) -> Latency:
         """A Latency from the spec the stub carries (a real model: the hv reference, the largest network)."""
         t0 = time.perf_counter()
         spec = getattr(model, "spec", None) or self.largest
-        share = 1.0 if spec is self.largest else 0.6 + 0.4 * unit(spec.hash, "latency")
+        share = 1.0 if spec.hash == self.largest.hash else 0.6 + 0.4 * unit(spec.hash, "latency")
         ms = 0.02 + LARGEST_LATENCY_MS * complexity(spec).macs / self.max_macs * share
         protocol = {"device": "fake", "device_type": "cpu", "dtype": "float32", "batch_size": cfg.batch_size,
                     "input_shape": [cfg.batch_size, in_ch, size, size], "threads": cfg.threads,
@@ -302,6 +310,7 @@ def run_study(cfg: ExperimentConfig, *, tuned: bool = True, profile: bool = Fals
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(search.objective, "build_and_train", fakes.build_and_train))
         stack.enter_context(mock.patch.object(search.objective, "measure_latency", fakes.measure_latency))
+        stack.enter_context(mock.patch.object(search.objective, "build_model", fakes.build_model))
         # what tune_process sets for the collector, undone afterwards (tests share this process)
         stack.enter_context(mock.patch.object(search.devices, "_freeze_after_trial", tuned))
         for label, names in PARTS.items():
@@ -505,7 +514,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("stores:      Optuna journal:TMP/optuna.journal, MLflow sqlite:///TMP/mlflow.db + TMP/artifacts, "
               "experiment TMP/scale.yaml" + (f" (TMP = {tmp}, kept)" if args.keep else " (a fresh temp dir)"))
         print("fakes:       build_and_train -> a 1x1 Linear + TrainResult (accuracy from log params x hash), "
-              "measure_latency -> Latency (MACs x hash); instant")
+              "build_model -> the same 1x1 Linear, measure_latency -> Latency (MACs x hash); instant")
         print(f"collector:   {'left alone (--untuned)' if args.untuned else 'survivors frozen after each trial'}"
               f" ({'library' if args.untuned else 'resnext-nas search'} setting)", flush=True)
 
