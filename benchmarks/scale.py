@@ -258,7 +258,7 @@ class Fakes:
         return model
 
     def measure_latency(self, model, in_ch: int, size: int, cfg, device, *, bf16: bool = False,
-                        channels_last: bool = False) -> Latency:
+                        channels_last: bool = False, reference_ms: float | None = None) -> Latency:
         """A Latency from the spec the stub carries (a real model: the hv reference, the largest network)."""
         t0 = time.perf_counter()
         spec = getattr(model, "spec", None) or self.largest
@@ -268,7 +268,7 @@ class Fakes:
                     "input_shape": [cfg.batch_size, in_ch, size, size], "threads": cfg.threads,
                     "warmup": cfg.warmup, "repeats": cfg.repeats, "torch": torch.__version__,
                     "channels_last": channels_last, "timer": "fake", "statistic": "median"}
-        lat = Latency(ms, 0.95 * ms, 1.05 * ms, 0.02, [ms] * cfg.repeats, protocol)
+        lat = Latency(ms, ms, 0.95 * ms, 1.05 * ms, 0.02, [ms] * cfg.repeats, protocol)
         self.clock.add(self.clock.fake, time.perf_counter() - t0)
         return lat
 

@@ -73,15 +73,17 @@ def _init_worker(overrides, device: str) -> None:
     import torch
 
     from search.data import load_splits
+    from search.latency import interleaves, reference_latency_ms
 
     set_threads(1)
     cfg = experiment(overrides, device)
-    _WORKER.update(cfg=cfg, device=torch.device(device), splits=load_splits(cfg.data, torch.device(device)))
+    dev = torch.device(device)
+    unit = reference_latency_ms(cfg.latency) if interleaves(cfg.latency, cfg.latency.resolve(dev)) else None
+    _WORKER.update(cfg=cfg, device=dev, splits=load_splits(cfg.data, dev), reference_ms=unit)
 
 
 def _tabulate(spec) -> dict:
     """One row: costs for every network; curve and latency for one within the budget."""
-    import torch
 
     from search.latency import measure_latency
     from search.objective import build_and_train
@@ -93,8 +95,8 @@ def _tabulate(spec) -> dict:
     if cfg.constraints.max_params is None or cx.params <= cfg.constraints.max_params:
         model, result = build_and_train(spec, _WORKER["splits"], cfg.train, device, 0)
         lat = measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, device, bf16=cfg.train.bf16,
-                              channels_last=cfg.train.nhwc(device))
-        row.update(curve=[round(h.val_accuracy, 6) for h in result.history], latency_ms=lat.median_ms,
+                              channels_last=cfg.train.nhwc(device), reference_ms=_WORKER["reference_ms"])
+        row.update(curve=[round(h.val_accuracy, 6) for h in result.history], latency_ms=lat.ms,
                    train_time_s=round(result.train_time_s, 3))
     return row
 

@@ -349,8 +349,13 @@ class LatencyConfig:
         enabled: measure latency at all (the caller skips ``measure_latency`` when false).
         batch_size: images per forward pass.
         warmup: untimed forward passes first.
-        repeats: timed forward passes; the median is reported.
+        repeats: timed forward passes; their median is the figure (interleaved: their 10th
+            percentile over the reference's).
         threads: torch CPU threads during a CPU measurement (restored afterwards).
+        interleave: on the CPU (torch backend), time each pass beside a pass of a fixed reference
+            network and report the network's 10th-percentile pass over the reference's, times the
+            reference's latency measured once when the study was made: a slowdown of the whole
+            machine that outlasts a pass slows both alike and cancels (``search.latency``).
         device: ``train`` (the training device) or cpu | cuda | cuda:N.
         backend: ``torch`` (the module) or ``onnxruntime`` (its ONNX graph on onnxruntime's CPU
             execution provider; needs ``pip install 'resnext-nas[onnx]'`` and a CPU device).
@@ -359,8 +364,9 @@ class LatencyConfig:
     enabled: bool = True  # measure inference latency
     batch_size: int = 1  # images per forward pass
     warmup: int = 5  # untimed forward passes
-    repeats: int = 20  # timed forward passes; median reported
+    repeats: int = 20  # timed forward passes; median reported (interleaved: p10 over the reference's)
     threads: int = 1  # torch CPU threads during measurement (restored after)
+    interleave: bool = True  # CPU: each pass beside a reference network's (machine slowdowns cancel)
     device: str = "train"  # "train" = the training device, or cpu | cuda | cuda:N
     backend: str = "torch"  # torch | onnxruntime (the exported ONNX graph, CPU)
 
@@ -370,6 +376,7 @@ class LatencyConfig:
         check_int(self.warmup, "latency.warmup", low=0, fix="use e.g. 5")
         check_int(self.repeats, "latency.repeats", low=1, fix="use e.g. 20")
         check_int(self.threads, "latency.threads", low=1, fix="use 1 for a stable measurement")
+        check_bool(self.interleave, "latency.interleave")
         check_device_name(self.device, "latency.device", extra=("train",))
         check_choice(self.backend, "latency.backend", BACKENDS)
         if self.backend == "onnxruntime":

@@ -251,7 +251,7 @@ def confirm_front(cfg: ExperimentConfig, *, seeds: int = 3, top: int | None = No
         import torch
 
         from search.data import load_splits
-        from search.latency import measure_latency
+        from search.latency import LATENCY_REFERENCE, measure_latency
 
         device = resolve_device(cfg.train.device)
         lat_device = cfg.latency.resolve(device)
@@ -268,7 +268,8 @@ def confirm_front(cfg: ExperimentConfig, *, seeds: int = 3, top: int | None = No
                     if latency:
                         metrics["latency_ms"] = measure_latency(
                             model, spec.in_ch, spec.input_size, cfg.latency, lat_device, bf16=cfg.train.bf16,
-                            channels_last=cfg.train.nhwc(lat_device)).median_ms
+                            channels_last=cfg.train.nhwc(lat_device),
+                            reference_ms=study.user_attrs.get(LATENCY_REFERENCE)).ms
                     del model
                     runs.tracker.log(run_id, params={"seed": seed, "repeat": repeat, "trial": row.number,
                                                      "train.threads": torch.get_num_threads()},

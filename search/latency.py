@@ -5,6 +5,15 @@ Eval mode, ``torch.inference_mode``, a fixed random input, ``warmup`` untimed pa
 ``perf_counter`` on the CPU with ``torch.set_num_threads(threads)``. The median is the
 headline; p10/p90 and the coefficient of variation say how much to trust it.
 
+On the CPU the machine itself drifts: another tenant or process can slow every pass of a call
+by 2x for seconds, which no statistic of one call's passes removes (benchmarks/latency.py
+measured 12-35% spread between calls on a 2-core VM). With ``interleave`` (the default) each
+pass of the network is timed right after a pass of a fixed reference network (``REFERENCE``),
+and the reported latency is the network's 10th-percentile pass over the reference's, times the
+reference's own latency measured once when the study was made (``reference_latency_ms``,
+recorded on the study): a slowdown that outlasts a pass slows both alike and cancels, and the
+low percentile keeps the passes a preemption did not hit.
+
 Two backends run the passes: ``torch`` (the module itself) and ``onnxruntime`` (the network
 exported to an ONNX graph by ``torch.onnx.export``, as a deployment would run it, on
 onnxruntime's CPU execution provider with ``intra_op_num_threads = threads``); the protocol is
@@ -12,6 +21,7 @@ the same and names the backend.
 """
 
 import copy
+import dataclasses
 import statistics
 import time
 import warnings
@@ -33,6 +43,7 @@ from search.config import (  # noqa: F401
 )
 from search.devices import device_name
 from space.errors import SpecError
+from space.spec import NetSpec, StageSpec
 
 
 def check_backend(cfg: LatencyConfig, device: torch.device) -> None:
@@ -53,6 +64,9 @@ class Latency:
     """Forward-pass latency in milliseconds and the protocol that produced it.
 
     Args:
+        ms: the protocol's figure, what a study records as ``latency_ms`` (``protocol["statistic"]``):
+            the median of the passes; interleaved, the 10th percentile of the network's passes
+            over the 10th percentile of the reference's, times the study's reference latency.
         median_ms: median of the timed passes.
         p10_ms: 10th percentile.
         p90_ms: 90th percentile.
@@ -63,6 +77,7 @@ class Latency:
             ``perf_counter``), input shape.
     """
 
+    ms: float
     median_ms: float
     p10_ms: float
     p90_ms: float
@@ -80,6 +95,7 @@ def measure_latency(
     *,
     bf16: bool = False,
     channels_last: bool = False,
+    reference_ms: float | None = None,
 ) -> Latency:
     """Time ``cfg.repeats`` forward passes of ``model`` on a ``(batch, in_ch, size, size)`` input.
 
@@ -95,6 +111,8 @@ def measure_latency(
         device: the training device; used when ``cfg.device`` is ``train``.
         bf16: bf16 autocast (CUDA only; the CPU measures float32).
         channels_last: NHWC model and input (torch backend).
+        reference_ms: the study's reference latency (``reference_latency_ms``): with
+            ``cfg.interleave`` on the CPU, the samples are scaled to it; None leaves them as timed.
     """
     dev = cfg.resolve(device)
     if cfg.backend == "onnxruntime":
@@ -119,6 +137,8 @@ def measure_latency(
     flags = [(m, m.training) for m in model.modules()]
     threads = torch.get_num_threads()
     samples: list[float] = []
+    ref_samples: list[float] = []
+    ref, xr = _reference() if cfg.interleave and not cuda else (None, None)
     try:
         if not cuda:
             torch.set_num_threads(cfg.threads)
@@ -137,6 +157,17 @@ def measure_latency(
                     end.record(stream)
                     end.synchronize()
                     samples.append(start.elapsed_time(end))
+            elif ref is not None:
+                for _ in range(cfg.warmup):
+                    ref(xr)
+                for _ in range(cfg.repeats):
+                    t0 = time.perf_counter()
+                    ref(xr)
+                    t1 = time.perf_counter()
+                    net(x)
+                    t2 = time.perf_counter()
+                    ref_samples.append((t1 - t0) * 1000)
+                    samples.append((t2 - t1) * 1000)
             else:
                 for _ in range(cfg.repeats):
                     t0 = time.perf_counter()
@@ -147,6 +178,10 @@ def measure_latency(
         for m, training in flags:
             m.training = training
 
+    if ref_samples:  # in units of the reference, times its latency when the study was made
+        # the 10th percentiles: the passes a preemption did not hit (a busy machine's other trouble)
+        own = float(np.percentile(ref_samples, 10))
+        samples = [v * (reference_ms or own) / own for v in samples]
     protocol = {
         "backend": "torch",
         "device": device_name(dev),
@@ -160,16 +195,58 @@ def measure_latency(
         "torch": torch.__version__,
         "channels_last": channels_last,
         "timer": "cuda-events" if cuda else "perf_counter",
-        "statistic": "median",
+        "statistic": "p10 over the reference's p10" if ref is not None else "median",
+        "interleaved": ref is not None,
+        **({"reference": REFERENCE.name, "reference_ms": reference_ms} if ref is not None else {}),
     }
     return _summary(samples, protocol)
+
+
+# The network timed beside every CPU pass (``LatencyConfig.interleave``): fixed and small (a
+# quickstart-sized ResNeXt), so its cost is a unit a study keeps across machines states and resumes.
+REFERENCE = NetSpec((StageSpec(1, 8, 1, 2, 8), StageSpec(1, 16, 2, 2, 8)), stem="cifar", stem_ch=8,
+                    num_classes=10, in_ch=1, input_size=16)
+_REFERENCE: dict = {}
+
+
+def _reference() -> tuple[nn.Module, torch.Tensor]:
+    """The reference network (fixed weights, eval mode, CPU) and its input; built once per process."""
+    if not _REFERENCE:
+        from space import build_model
+
+        with torch.random.fork_rng(devices=[]):  # fixed weights; the caller's random stream untouched
+            torch.manual_seed(0)
+            _REFERENCE["model"] = build_model(REFERENCE).eval()
+            _REFERENCE["x"] = torch.randn(1, REFERENCE.in_ch, REFERENCE.input_size, REFERENCE.input_size)
+    return _REFERENCE["model"], _REFERENCE["x"]
+
+
+LATENCY_REFERENCE = "latency_reference_ms"  # the study's user attribute holding reference_latency_ms
+
+
+def interleaves(cfg: LatencyConfig, device: torch.device) -> bool:
+    """Whether measurements on ``device`` (the latency device) are interleaved with the reference."""
+    return cfg.enabled and cfg.interleave and cfg.backend == "torch" and device.type == "cpu"
+
+
+def reference_latency_ms(cfg: LatencyConfig, calls: int = 5) -> float:
+    """The reference network's own CPU latency under ``cfg``, its passes' 10th percentile (median of
+    ``calls`` calls): a study's unit.
+
+    Measured once when a study is made and recorded on it; every interleaved measurement of the
+    study is scaled by it, so its latencies stay comparable between workers and resumes.
+    """
+    model, _ = _reference()
+    alone = dataclasses.replace(cfg, interleave=False, device="cpu")
+    return statistics.median(measure_latency(model, REFERENCE.in_ch, REFERENCE.input_size, alone,
+                                             torch.device("cpu")).p10_ms for _ in range(calls))
 
 
 def _summary(samples: list[float], protocol: dict) -> Latency:
     p10, median, p90 = np.percentile(samples, [10, 50, 90]).tolist()
     mean = statistics.fmean(samples)
     cv = statistics.stdev(samples) / mean if len(samples) > 1 and mean > 0 else 0.0
-    return Latency(median, p10, p90, cv, samples, protocol)
+    return Latency(median if protocol["statistic"] == "median" else p10, median, p10, p90, cv, samples, protocol)
 
 
 # -- ONNX: the exported graph, and onnxruntime -------------------------------------------------

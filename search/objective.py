@@ -97,7 +97,7 @@ def run_params(spec: NetSpec, cfg: ExperimentConfig) -> dict:
     return params
 
 
-def largest_latency_ms(cfg: ExperimentConfig, device: torch.device) -> float:
+def largest_latency_ms(cfg: ExperimentConfig, device: torch.device, reference_ms: float | None = None) -> float:
     """Latency of the space's largest network (untrained: same compute) under the study's protocol."""
     spec = cfg.space.largest()
     lat_device = cfg.latency.resolve(device)
@@ -105,7 +105,7 @@ def largest_latency_ms(cfg: ExperimentConfig, device: torch.device) -> float:
     model = build_model(spec)
     try:
         return measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, lat_device, bf16=cfg.train.bf16,
-                               channels_last=cfg.train.nhwc(lat_device)).median_ms
+                               channels_last=cfg.train.nhwc(lat_device), reference_ms=reference_ms).ms
     finally:
         del model
         release_memory()
@@ -122,11 +122,13 @@ class Objective:
         parent_id: the study's MLflow run id.
         progress: progress display.
         ledger: the study's trials so far (which networks it has trained), kept up to date by the loop.
+        reference_ms: the study's reference latency (``search.latency.reference_latency_ms``), when
+            its CPU measurements are interleaved with the reference network.
     """
 
     def __init__(self, cfg: ExperimentConfig, splits: Splits, device: torch.device, tracker: Tracker,
-                 parent_id: str | None, progress: Progress, ledger: Ledger) -> None:
-        self.cfg, self.splits, self.device = cfg, splits, device
+                 parent_id: str | None, progress: Progress, ledger: Ledger, reference_ms: float | None = None) -> None:
+        self.cfg, self.splits, self.device, self.reference_ms = cfg, splits, device, reference_ms
         self.tracker, self.parent_id, self.progress, self.ledger = tracker, parent_id, progress, ledger
         self.latency_device = cfg.latency.resolve(device)
         self.device_key = f"{device.type}:{device_name(device)}"  # out-of-memory is a property of this
@@ -267,20 +269,21 @@ class Objective:
         tags = {"state": "complete", "outcome": TRAINED}
         if cfg.latency.enabled:  # costs first: the untrained network has the trained one's compute
             lat = measure_latency(build_model(spec), spec.in_ch, spec.input_size, cfg.latency, self.latency_device,
-                                  bf16=cfg.train.bf16, channels_last=cfg.train.nhwc(self.latency_device))
-            known.update(latency_ms=lat.median_ms, latency_p10_ms=lat.p10_ms, latency_p90_ms=lat.p90_ms,
-                         latency_cv=lat.cv)
+                                  bf16=cfg.train.bf16, channels_last=cfg.train.nhwc(self.latency_device),
+                                  reference_ms=self.reference_ms)
+            known.update(latency_ms=lat.ms, latency_median_ms=lat.median_ms, latency_p10_ms=lat.p10_ms,
+                         latency_p90_ms=lat.p90_ms, latency_cv=lat.cv)
             tags.update({f"latency.{k}": v for k, v in lat.protocol.items()})
             bound = cfg.constraints.max_latency_ms
             if bound is not None:
-                constrain(trial, "max_latency_ms", lat.median_ms - bound)
-                if lat.median_ms > bound:  # never trained
+                constrain(trial, "max_latency_ms", lat.ms - bound)
+                if lat.ms > bound:  # never trained
                     trial.set_user_attr("outcome", OVER_BUDGET)
                     trial.set_user_attr("metrics", known)
-                    what = f"latency {lat.median_ms:.3g} ms > {bound:g}"
+                    what = f"latency {lat.ms:.3g} ms > {bound:g}"
                     self.progress.note(f"over budget ({what}): skipped, never trained")
                     values = {**dict(zip(cfg.objectives, self._placeholder(cx), strict=True)),
-                              "latency_ms": lat.median_ms}
+                              "latency_ms": lat.ms}
                     return tuple(values[o] for o in cfg.objectives), known, {}, {
                         **tags, "state": "infeasible", "outcome": OVER_BUDGET, "skipped": what,
                         "pareto": self._tag(trial, "false")}

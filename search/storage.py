@@ -86,8 +86,18 @@ def fingerprint(rec: dict) -> str:
     return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def recipe_diff(recorded: dict, current: dict) -> list[str]:
-    """``key: recorded -> current`` for every field that differs, in key order."""
+# Recipe keys added after studies were recorded, with the value that means what older versions
+# did: a study recorded without the key reads as having it (a resume must set it to match).
+ADDED = {"latency.interleave": False}
+
+
+def recipe_diff(recorded: dict, current: dict, reading: bool = False) -> list[str]:
+    """``key: recorded -> current`` for every field that differs, in key order.
+
+    ``reading``: the study is only read, so a key it predates is no difference (it was made
+    before the key existed; this version's default is no change the user made).
+    """
+    recorded = {**({k: current.get(k) for k in ADDED} if reading else ADDED), **recorded}
     keys = sorted(set(recorded) | set(current))
     missing = "(absent)"
     return [f"{k}: {recorded.get(k, missing)!r} (study) vs {current.get(k, missing)!r} (now)"
@@ -172,7 +182,7 @@ def _check_recipe(study: optuna.Study, cfg: ExperimentConfig, url: str, reading:
                             "did not record its full recipe, so its results cannot be checked against this one; "
                             "start a new study: --set search.study_name=NEW")
         return
-    diff = recipe_diff(recorded, recipe(cfg, recorded if reading else None))
+    diff = recipe_diff(recorded, recipe(cfg, recorded if reading else None), reading)
     if diff:
         raise SpecError(
             f"study '{study.study_name}' in {redact(url)} was run with another recipe, and results are only "

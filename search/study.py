@@ -31,7 +31,7 @@ from search.config import ExperimentConfig
 from search.data import Splits, load_source, load_splits
 from search.devices import resolve_device, unfreeze
 from search.errors import RedactLogs, redact, redact_tree
-from search.latency import check_backend
+from search.latency import LATENCY_REFERENCE, check_backend, interleaves, reference_latency_ms
 from search.objective import Objective, largest_latency_ms
 from search.progress import Progress
 from search.recovery import interruptible, on_stale, reap_lost_trials
@@ -165,7 +165,8 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
     budget = cfg.search.budget_epochs
     progress = Progress(n, quiet=quiet, stream=stream, budget_epochs=budget)
     ledger = Ledger(cfg.objectives, cfg.directions).update(study)
-    objective = Objective(cfg, splits, device, tracker, parent_id, progress, ledger)
+    objective = Objective(cfg, splits, device, tracker, parent_id, progress, ledger,
+                          study.user_attrs.get(LATENCY_REFERENCE))
     limit, free = _FailureLimit(cfg.search.max_consecutive_failures), _FreeStreak()
     ref, size = study.user_attrs["hv_reference"], cfg.space.size()
     tagged = {r.number for r in ledger.front}
@@ -343,9 +344,12 @@ def _prepare(cfg: ExperimentConfig, url: str, slots: list[worker.Slot]):
 def new_study(cfg: ExperimentConfig, storage_url: str | None = None, *, tracker: Tracker | None = None,
               device: torch.device | None = None) -> optuna.Study:
     """Make the experiment's study with its hypervolume reference (measured here when it needs latency)."""
+    device = device or resolve_device(cfg.train.device)
+    unit = reference_latency_ms(cfg.latency) if interleaves(cfg.latency, cfg.latency.resolve(device)) else None
     needs_latency = "latency_ms" in cfg.objectives and cfg.constraints.max_latency_ms is None
-    lat = largest_latency_ms(cfg, device or resolve_device(cfg.train.device)) if needs_latency else None
-    return create_study(cfg, storage_url, {"hv_reference": hv_reference(cfg, lat)},
+    lat = largest_latency_ms(cfg, device, unit) if needs_latency else None
+    return create_study(cfg, storage_url, {"hv_reference": hv_reference(cfg, lat),
+                                           **({LATENCY_REFERENCE: unit} if unit else {})},
                         on_stale=on_stale(tracker) if tracker is not None else None)
 
 

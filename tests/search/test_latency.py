@@ -1,11 +1,12 @@
 """Latency: statistics, recorded protocol, restored state, and a big net measuring slower."""
 
+import dataclasses
 import sys
 
 import pytest
 import torch
 
-from search.latency import LatencyConfig, measure_latency
+from search.latency import REFERENCE, LatencyConfig, _reference, interleaves, measure_latency, reference_latency_ms
 from space import NetSpec, SpecError, StageSpec, build_model, complexity
 
 CPU = torch.device("cpu")
@@ -53,12 +54,35 @@ def test_bigger_network_measures_slower():
     assert big.median_ms > 2 * small.median_ms
 
 
+def test_interleaved_passes_are_in_units_of_the_reference_network():
+    """Each pass is timed beside the reference's; scaled to the study's reference latency, the
+    reference itself measures about that (the unit), and a network 50x its MACs far more."""
+    model, _ = _reference()
+    unit = reference_latency_ms(QUICK)
+    assert unit > 0
+    for ms in (unit, 1000.0):  # any unit: the result follows it
+        lat = measure_latency(model, REFERENCE.in_ch, REFERENCE.input_size, QUICK, CPU, reference_ms=ms)
+        assert 0.5 * ms < lat.ms < 2 * ms, (ms, lat.ms)
+        assert lat.protocol["interleaved"] and lat.protocol["reference_ms"] == ms
+        assert lat.ms == lat.p10_ms and lat.protocol["statistic"] == "p10 over the reference's p10"
+    assert complexity(BIG).macs > 50 * complexity(REFERENCE).macs
+    big = measure_latency(build_model(BIG), 3, 32, QUICK, CPU, reference_ms=1000.0)
+    assert big.ms > 2000.0
+    plain = measure_latency(model, REFERENCE.in_ch, REFERENCE.input_size, dataclasses.replace(QUICK, interleave=False),
+                            CPU, reference_ms=1000.0)
+    assert not plain.protocol["interleaved"] and plain.ms < 100  # milliseconds as timed: no reference
+    assert plain.ms == plain.median_ms and plain.protocol["statistic"] == "median"
+    assert interleaves(QUICK, CPU) and not interleaves(dataclasses.replace(QUICK, interleave=False), CPU)
+    assert not interleaves(QUICK, torch.device("cuda"))  # CUDA events time the GPU alone
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"enabled": 1}, "latency.enabled"),
     ({"batch_size": 0}, "latency.batch_size"),
     ({"warmup": -1}, "latency.warmup"),
     ({"repeats": 0}, "latency.repeats"),
     ({"threads": 0}, "latency.threads"),
+    ({"interleave": "yes"}, "latency.interleave"),
     ({"device": "training"}, "latency.device"),
 ])
 def test_latency_config_rejects_bad_values(kwargs, field):

@@ -48,6 +48,8 @@ def test_study_logs_runs_tags_and_exports(tiny, tmp_path):
     assert any(a.endswith(".png") for a in artifacts)
     hv = sorted((m.step, m.value) for m in client.get_metric_history(summary.parent_id, "hypervolume"))
     ref = study.user_attrs["hv_reference"]
+    unit = study.user_attrs["latency_reference_ms"]  # CPU latency is interleaved: its unit, measured once
+    assert unit > 0
     every = hypervolume_by_trial(summary.rows, ref)  # the value after each trial, at its number
     assert [s for s, _ in every] == [t.number for t in complete]
     # logged at the first trial and wherever it changed (with the front), nowhere else
@@ -59,6 +61,9 @@ def test_study_logs_runs_tags_and_exports(tiny, tmp_path):
     runs = summary.tracker.trial_runs(summary.parent_id)
     assert len(runs) == len(complete)
     by_trial = {int(r.data.tags["resnext_nas.trial"]): r for r in runs}
+    for r in runs:  # every trained network was timed in the study's unit
+        if r.data.tags.get("outcome") == "trained":
+            assert r.data.tags["latency.interleaved"] == "True" and float(r.data.tags["latency.reference_ms"]) == unit
     front = brute_force_front(study, cfg.directions)
     for number, run in by_trial.items():
         assert run.info.status == "FINISHED"

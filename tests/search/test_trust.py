@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from search.cli import main
 from search.config import load_experiment
 from search.results import trial_attrs
-from search.storage import RESUMABLE, find_study, load_study, recipe
+from search.storage import RESUMABLE, create_study, find_study, load_study, recipe
 from search.study import run_search
 from space import complexity
 from space.errors import SpecError
@@ -29,6 +29,7 @@ RECIPE_CHANGES = [
     ({"data": {"seed": 3}}, "data.seed: 0 (study) vs 3 (now)"),
     ({"latency": {"repeats": 9}}, "latency.repeats: 3 (study) vs 9 (now)"),
     ({"latency": {"batch_size": 8}}, "latency.batch_size: 1 (study) vs 8 (now)"),
+    ({"latency": {"interleave": False}}, "latency.interleave: True (study) vs False (now)"),
     ({"search": {"seed": 1}}, "search.seed: 0 (study) vs 1 (now)"),
     ({"constraints": {"max_params": 1e6}}, "constraints.max_params: None (study) vs 1000000.0 (now)"),
     ({"objectives": ["val_accuracy", "params"]}, "objectives: ['val_accuracy', 'params', 'latency_ms'] (study)"),
@@ -92,6 +93,18 @@ def test_channels_last_enters_the_recipe_as_what_it_means_on_the_device_type(tmp
     assert auto["train.channels_last"] is False and auto["train.device_type"] == "cpu"
     nhwc = recipe(load_experiment_from(tmp_path, {"train": {"channels_last": True}}))
     assert nhwc["train.channels_last"] is True and nhwc != auto
+
+
+def test_a_study_made_before_a_recipe_key_existed_reads_as_what_older_versions_did(tmp_path):
+    """``latency.interleave`` came later: a study without it was measured without it. A resume
+    must say so (the message names the key); a command that only reads it needs nothing."""
+    cfg = load_experiment_from(tmp_path, {})
+    study = create_study(cfg, None, {})
+    study.set_user_attr("recipe", {k: v for k, v in study.user_attrs["recipe"].items() if k != "latency.interleave"})
+    with pytest.raises(SpecError, match=r"latency\.interleave: False \(study\) vs True \(now\)"):
+        find_study(cfg)
+    assert find_study(load_experiment_from(tmp_path, {"latency": {"interleave": False}})) is not None
+    assert find_study(cfg, reading=True) is not None
 
 
 def load_experiment_from(tmp_path, change):
