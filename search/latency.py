@@ -3,11 +3,12 @@
 Eval mode, ``torch.inference_mode``, a fixed random input, ``warmup`` untimed passes, then
 ``repeats`` timed passes: CUDA events around each pass (synchronised per repeat) on CUDA,
 ``perf_counter`` on the CPU with ``torch.set_num_threads(threads)``. The median is the
-headline; p10/p90 and the coefficient of variation say how much to trust it.
+headline (``Latency.ms``; interleaved, see below); p10/p90 and the coefficient of variation say
+how much to trust it.
 
 On the CPU the machine itself drifts: another tenant or process can slow every pass of a call
 by 2x for seconds, which no statistic of one call's passes removes (benchmarks/latency.py
-measured 12-35% spread between calls on a 2-core VM). With ``interleave`` (the default) each
+measured 2.5-57% spread between calls on a 2-core VM in a busy hour). With ``interleave`` (the default) each
 pass of the network is timed right after a pass of a fixed reference network (``REFERENCE``),
 and the reported latency is the network's 10th-percentile pass over the reference's, times the
 reference's own latency measured once when the study was made (``reference_latency_ms``,
