@@ -22,6 +22,7 @@ noise between seeds against the spread of the space, which says whether the tabl
     python -m benchmarks.search_quality noise           # seed noise vs the space's spread
     python -m benchmarks.search_quality real            # run_search itself, with and without the pruner
     python -m benchmarks.search_quality tune            # TPE's settings against random search
+    python -m benchmarks.search_quality probes          # complete short runs as the rung, against random
 """
 
 from __future__ import annotations
@@ -239,7 +240,8 @@ def boot(values, rng: np.random.Generator, n: int = 2000) -> tuple[float, float,
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="replay", choices=("replay", "build", "noise", "real", "tune"))
+    parser.add_argument("command", nargs="?", default="replay",
+                        choices=("replay", "build", "noise", "real", "tune", "probes"))
     parser.add_argument("--quick", action="store_true", help="CI smoke: 3 seeds, 2 strategies, small budgets")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per strategy (10)")
     parser.add_argument("--budgets", default="10,20,30,50",
@@ -272,6 +274,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(env_header("cpu"))
         result = tune(table, cfg, args.seeds or 10, [n * table.epochs for n in (10, 20, 30, 50)],
                       np.random.default_rng(0))
+        print(footer())
+        return result
+    if args.command == "probes":
+        print(env_header("cpu"))
+        result = probes(table, cfg, args.seeds or 10, [n * table.epochs for n in (10, 20, 30, 50, 100)],
+                        np.random.default_rng(0))
         print(footer())
         return result
     if args.command == "real":
@@ -388,6 +396,71 @@ def tune(table: Table, cfg, seeds: int, budgets: list[float], rng) -> dict:
             out[(name, b)] = (m, d, lo, hi)
             cells.append(f"{m:.3f} {d:+.3f} [{lo:+.3f},{hi:+.3f}]{'*' if lo > 0 or hi < 0 else ' '}")
         print(f"{name:<18}" + "".join(f"{c:>26}" for c in cells))
+    return out
+
+
+PROBES = (DATA / "onecycle1-cpu.json", DATA / "onecycle3-cpu.json")  # the same recipe, train.epochs 1 and 3
+
+
+def replay_probe(table: Table, cfg, probe: dict, seed: int, budget: float, eta: int = 3) -> list:
+    """Random search where each new network first trains a complete short run (``probe``'s table:
+    its own schedule, annealed, not a rung of the long one) and trains in full only if that run
+    ranks in the top ``1/eta`` of the probes so far (``search.asha.decide``); the probe's epochs count.
+    """
+    study = optuna.create_study(directions=cfg.directions, sampler=optuna.samplers.RandomSampler(seed=seed))
+    short = len(next(r for r in probe.values() if "curve" in r)["curve"])
+    spent, found, free, seen, probed = 0.0, [], 0, set(), []
+    history = [(0.0, 0.0, 0)]
+    while spent < budget and free < FREE_STREAK:
+        trial = study.ask()
+        row = table.rows[cfg.space.suggest(trial).hash]
+        if "curve" not in row or row["hash"] in seen:  # over budget or seen: free, as in a study
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            free += 1
+            continue
+        free = 0
+        seen.add(row["hash"])
+        values = (probe[row["hash"]]["curve"][-1], *table.values(row)[1:])
+        loss = to_losses(values, cfg.directions)
+        goes_on = decide(loss, list(probed), eta)[0]
+        probed.append(loss)
+        spent += short
+        if goes_on:
+            spent += table.epochs
+            values = table.values(row)
+            found.append(list(to_losses(values, cfg.directions)))
+        study.tell(trial, values if goes_on else None, state=None if goes_on else optuna.trial.TrialState.PRUNED)
+        history.append((spent, table.ratio(found), len(found)))
+    return history
+
+
+def probes(table: Table, cfg, seeds: int, budgets: list[float], rng) -> dict:
+    """Short complete runs as the rung (``replay_probe``) against random search, and how well they rank."""
+    from scipy.stats import spearmanr
+
+    runs = {"random": [replay(table, cfg, "random", False, seed, budgets[-1])[0] for seed in range(seeds)]}
+    final = {h: r["curve"][-1] for h, r in table.rows.items() if "curve" in r}
+    for path in PROBES:
+        probe = {r["hash"]: r for r in json.loads(path.read_text())["rows"]}
+        epochs = len(next(r for r in probe.values() if "curve" in r)["curve"])
+        rho = spearmanr([probe[h]["curve"][-1] for h in final], list(final.values()))[0]
+        print(f"probe:       {path.name}: complete {epochs}-epoch runs; rank correlation with the {table.epochs}-epoch "
+              f"accuracy {rho:.2f} (a rung at epoch {epochs} of the long run: "
+              f"{spearmanr([table.rows[h]['curve'][epochs - 1] for h in final], list(final.values()))[0]:.2f})")
+        runs[f"probe {epochs} ep"] = [replay_probe(table, cfg, probe, seed, budgets[-1]) for seed in range(seeds)]
+    print(f"\n{seeds} seeds: hypervolume ratio by compute, difference to random [95% interval]")
+    print(f"{'strategy':<14}" + "".join(f"{f'{b:g} ep':>26}" for b in budgets) + "   95% reached at (median, seeds)")
+    out = {}
+    for name, hs in runs.items():
+        cells = []
+        for b in budgets:
+            m = float(np.mean([at(h, b) for h in hs]))
+            d, lo, hi = boot([at(h, b) - at(r, b) for h, r in zip(hs, runs["random"], strict=True)], rng)
+            out[(name, b)] = (m, d, lo, hi)
+            cells.append(f"{m:.3f} {d:+.3f} [{lo:+.3f},{hi:+.3f}]{'*' if lo > 0 or hi < 0 else ' '}")
+        e95 = [epochs_to(h, 0.95) for h in hs]
+        print(f"{name:<14}" + "".join(f"{c:>26}" for c in cells)
+              + f"   {np.median(e95):g} ep ({sum(map(math.isfinite, e95))}/{len(e95)})")
     return out
 
 

@@ -148,3 +148,14 @@ def test_replay_spends_the_budget_and_stops_trials_at_rungs_only_with_the_pruner
         pruned = [t for t in study.trials if t.state.name == "PRUNED"]
         assert bool(pruned) == pruner
         assert not any(t.intermediate_values for t in study.trials)
+
+
+def test_a_probe_replay_pays_each_probe_and_trains_in_full_only_what_ranks():
+    cfg = search_quality.experiment()
+    table = search_quality.Table(json.loads(search_quality.TABLE.read_text()), list(cfg.objectives), cfg.directions)
+    probe = {r["hash"]: r for r in json.loads(search_quality.PROBES[1].read_text())["rows"]}  # 3-epoch runs
+    history = search_quality.replay_probe(table, cfg, probe, seed=2, budget=120)
+    steps = [b[0] - a[0] for a, b in zip(history, history[1:], strict=False)]
+    assert set(steps) == {3, 3 + table.epochs}  # every new network pays its probe; some go on to full training
+    trained = [n for _, _, n in history]
+    assert trained[-1] == steps.count(3 + table.epochs) and trained == sorted(trained)
