@@ -70,17 +70,15 @@ def experiment(overrides=OVERRIDES, device: str = "cpu"):
 _WORKER: dict = {}
 
 
-def _init_worker(overrides, device: str) -> None:
+def _init_worker(overrides, device: str, reference_ms: float | None) -> None:
     import torch
 
     from search.data import load_splits
-    from search.latency import interleaves, reference_latency_ms
 
     set_threads(1)
     cfg = experiment(overrides, device)
     dev = torch.device(device)
-    unit = reference_latency_ms(cfg.latency) if interleaves(cfg.latency, cfg.latency.resolve(dev)) else None
-    _WORKER.update(cfg=cfg, device=dev, splits=load_splits(cfg.data, dev), reference_ms=unit)
+    _WORKER.update(cfg=cfg, device=dev, splits=load_splits(cfg.data, dev), reference_ms=reference_ms)
 
 
 def _tabulate(spec) -> dict:
@@ -111,15 +109,22 @@ def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu") ->
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
+    import torch
+
+    from search.latency import interleaves, reference_latency_ms
+
     cfg = experiment(overrides, device)
     specs = cfg.space.enumerate()
+    # one latency unit for the whole table, as a study measures it once when it is made
+    unit = reference_latency_ms(cfg.latency) if interleaves(cfg.latency, cfg.latency.resolve(torch.device(device))) \
+        else None
     table = {"experiment": str(EXPERIMENT.relative_to(ROOT)), "overrides": list(overrides),
              "recipe": recipe(cfg), "seed": 0, "made": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-             "env": env_header(device).splitlines(), "rows": []}
+             "env": env_header(device).splitlines(), "latency_reference_ms": unit, "rows": []}
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(overrides, device)) as pool:
+                             initargs=(overrides, device, unit)) as pool:
         for i, row in enumerate(pool.map(_tabulate, specs)):
             table["rows"].append(row)
             if (i + 1) % 24 == 0 and i + 1 < len(specs):
@@ -381,22 +386,28 @@ SAMPLER_VARIANTS = {
 }
 
 
+def diff_table(runs: dict, budgets: list[float], rng, label: str, width: int, extra=None, extra_head: str = "") -> dict:
+    """Print, per strategy and budget, the mean ratio and the difference to random search (paired by
+    seed, bootstrap 95% interval; * = significant), plus ``extra(histories)`` per row; return them."""
+    print(f"{label:<{width}}" + "".join(f"{f'{b:g} ep':>26}" for b in budgets) + extra_head)
+    out = {}
+    for name, hs in runs.items():
+        cells = []
+        for b in budgets:
+            m = float(np.mean([at(h, b) for h in hs]))
+            d, lo, hi = boot([at(h, b) - at(r, b) for h, r in zip(hs, runs["random"], strict=True)], rng)
+            out[(name, b)] = (m, d, lo, hi)
+            cells.append(f"{m:.3f} {d:+.3f} [{lo:+.3f},{hi:+.3f}]{'*' if lo > 0 or hi < 0 else ' '}")
+        print(f"{name:<{width}}" + "".join(f"{c:>26}" for c in cells) + (extra(hs) if extra else ""))
+    return out
+
+
 def tune(table: Table, cfg, seeds: int, budgets: list[float], rng) -> dict:
     """TPE's settings (startup trials, multivariate, group) replayed against random search."""
     runs = {name: [replay(table, cfg, sampler, False, seed, budgets[-1])[0] for seed in range(seeds)]
             for name, sampler in SAMPLER_VARIANTS.items()}
     print(f"\nsampler settings, {seeds} seeds: hypervolume ratio by compute, difference to random [95% interval]")
-    print(f"{'sampler':<18}" + "".join(f"{f'{b:g} ep':>26}" for b in budgets))
-    out = {}
-    for name in SAMPLER_VARIANTS:
-        cells = []
-        for b in budgets:
-            m = float(np.mean([at(h, b) for h in runs[name]]))
-            d, lo, hi = boot([at(h, b) - at(r, b) for h, r in zip(runs[name], runs["random"], strict=True)], rng)
-            out[(name, b)] = (m, d, lo, hi)
-            cells.append(f"{m:.3f} {d:+.3f} [{lo:+.3f},{hi:+.3f}]{'*' if lo > 0 or hi < 0 else ' '}")
-        print(f"{name:<18}" + "".join(f"{c:>26}" for c in cells))
-    return out
+    return diff_table(runs, budgets, rng, "sampler", 18)
 
 
 PROBES = (DATA / "onecycle1-cpu.json", DATA / "onecycle3-cpu.json")  # the same recipe, train.epochs 1 and 3
@@ -440,28 +451,24 @@ def probes(table: Table, cfg, seeds: int, budgets: list[float], rng) -> dict:
 
     runs = {"random": [replay(table, cfg, "random", False, seed, budgets[-1])[0] for seed in range(seeds)]}
     final = {h: r["curve"][-1] for h, r in table.rows.items() if "curve" in r}
+
+    def rho(accuracy: dict) -> float:  # rank correlation with the long run's final accuracy
+        return spearmanr([accuracy[h] for h in final], list(final.values()))[0]
+
     for path in PROBES:
         probe = {r["hash"]: r for r in json.loads(path.read_text())["rows"]}
         epochs = len(next(r for r in probe.values() if "curve" in r)["curve"])
-        rho = spearmanr([probe[h]["curve"][-1] for h in final], list(final.values()))[0]
+        short = rho({h: probe[h]["curve"][-1] for h in final})
+        rung = rho({h: table.rows[h]["curve"][epochs - 1] for h in final})
         print(f"probe:       {path.name}: complete {epochs}-epoch runs; rank correlation with the {table.epochs}-epoch "
-              f"accuracy {rho:.2f} (a rung at epoch {epochs} of the long run: "
-              f"{spearmanr([table.rows[h]['curve'][epochs - 1] for h in final], list(final.values()))[0]:.2f})")
+              f"accuracy {short:.2f} (a rung at epoch {epochs} of the long run: {rung:.2f})")
         runs[f"probe {epochs} ep"] = [replay_probe(table, cfg, probe, seed, budgets[-1]) for seed in range(seeds)]
-    print(f"\n{seeds} seeds: hypervolume ratio by compute, difference to random [95% interval]")
-    print(f"{'strategy':<14}" + "".join(f"{f'{b:g} ep':>26}" for b in budgets) + "   95% reached at (median, seeds)")
-    out = {}
-    for name, hs in runs.items():
-        cells = []
-        for b in budgets:
-            m = float(np.mean([at(h, b) for h in hs]))
-            d, lo, hi = boot([at(h, b) - at(r, b) for h, r in zip(hs, runs["random"], strict=True)], rng)
-            out[(name, b)] = (m, d, lo, hi)
-            cells.append(f"{m:.3f} {d:+.3f} [{lo:+.3f},{hi:+.3f}]{'*' if lo > 0 or hi < 0 else ' '}")
+    def reached(hs) -> str:
         e95 = [epochs_to(h, 0.95) for h in hs]
-        print(f"{name:<14}" + "".join(f"{c:>26}" for c in cells)
-              + f"   {np.median(e95):g} ep ({sum(map(math.isfinite, e95))}/{len(e95)})")
-    return out
+        return f"   {np.median(e95):g} ep ({sum(map(math.isfinite, e95))}/{len(e95)})"
+
+    print(f"\n{seeds} seeds: hypervolume ratio by compute, difference to random [95% interval]")
+    return diff_table(runs, budgets, rng, "strategy", 14, reached, "   95% reached at (median, seeds)")
 
 
 def real(table: Table, full: int = 16, seeds: int = 3) -> dict:
