@@ -139,7 +139,7 @@ def measure_latency(
     threads = torch.get_num_threads()
     samples: list[float] = []
     ref_samples: list[float] = []
-    ref, xr = _reference() if cfg.interleave and not cuda else (None, None)
+    ref, xr = _reference() if interleaves(cfg, dev) else (None, None)
     try:
         if not cuda:
             torch.set_num_threads(cfg.threads)
