@@ -1,30 +1,20 @@
-"""A change proposed to modules the benchmarks do not own, as a patch the benchmarks can apply.
+"""A storage variant the overhead and memory benchmarks measure beside the study code, as a patch.
 
-``search/study.py`` and ``search/tracking.py`` belong to other module owners, so a change the
-overhead and memory benchmarks argue for lives here, in the exact form proposed, and is applied
-only while a benchmark measures it next to the current code.
+- ``sqlite_wal``: SQLite connections in WAL mode with ``synchronous=NORMAL``. ``search.tracking``
+  already puts a SQLite MLflow store in WAL mode, where with SQLite's default ``synchronous=FULL``
+  each commit syncs the log; with ``NORMAL`` a commit does not sync (the WAL is synced at
+  checkpoints), and an Optuna store on SQLite (``--storage sqlite``) gets WAL mode too. Optuna's
+  default store, the journal file ``journal:mlruns/optuna.journal``, is untouched (it fsyncs each
+  append itself). Trade-offs: after a power loss (not a process crash) the last few committed
+  transactions can be lost; WAL needs a local filesystem, as SQLite's locking already does; WAL
+  mode is a property of the database file, so later readers of it use WAL too. The switch is an
+  SQLAlchemy ``Engine`` ``connect`` listener, i.e. process-wide while installed, so it is
+  installed only for the duration of the block and, given ``paths``, applies only to connections
+  to those database files (the study's own stores).
 
-Two earlier proposals have landed in ``search/`` and are measured as the current code now:
-``release_memory`` freezes the survivors of each trial's full collection (``gc.freeze()``;
-``_optimize`` unfreezes at the end), and ``Tracker.sync_pareto_tags`` reads back only the runs
-whose tag can change. The one left:
-
-- ``sqlite_wal``: SQLite connections in WAL mode with ``synchronous=NORMAL``. Each commit to a
-  SQLite store is an fsync in SQLite's default rollback-journal mode, so a busy disk multiplies
-  the per-trial overhead; in WAL mode with NORMAL sync a commit does not fsync (the WAL is synced
-  at checkpoints). With the default stores only MLflow is on SQLite (``sqlite:///mlruns/mlflow.db``);
-  Optuna's default is the journal file ``journal:mlruns/optuna.journal``, which this does not
-  touch (it fsyncs each append itself). Trade-offs: after a power loss (not a process crash) the
-  last few committed transactions can be lost; WAL needs a local filesystem, as SQLite's locking
-  already does; WAL mode is a property of the database file, so later readers of it use WAL too.
-  Not landed because it is an SQLAlchemy ``Engine`` ``connect`` listener, i.e. process-global:
-  as written in the first proposal it changed every SQLite engine in the user's process. The
-  form here is scoped: installed only for the duration of the block (in ``search/`` that would
-  be ``run_search``) and, given ``paths``, applied only to connections to those database files
-  (the study's own stores).
-
-``check_pareto_tags`` checks a finished study's tags against its final front (every study the
-overhead and memory benchmarks run, current code included).
+``PATCHES`` names the variants a benchmark can apply around a study. ``check_pareto_tags`` checks
+a finished study's tags against its final front (every study the overhead and memory benchmarks
+run, the unpatched code included).
 """
 
 from __future__ import annotations
@@ -78,7 +68,7 @@ def sqlite_files(cfg) -> list[str]:
             if url.startswith("sqlite:///")]
 
 
-# name -> a factory (given the experiment) of the context manager that applies the proposed change
+# name -> a factory (given the experiment) of the context manager that applies the variant
 PATCHES: dict[str, Callable[..., AbstractContextManager]] = {
     "sqlite wal": lambda cfg: sqlite_wal(sqlite_files(cfg)),
 }

@@ -13,8 +13,9 @@ The same normalised images (on the training device) go through, per epoch:
 
 Images/s of the data path alone (each batch is only touched), then, in the full run, of the
 same paths feeding a tiny network's forward + backward + SGD step. The data-path table also
-runs ``resident, previous augment``: the same path with the augmentation as it was before it
-became one flat ``gather`` (indexing with four broadcast index tensors), for the before/after.
+runs ``resident, previous augment``: the same path with the augmentation written as indexing
+with four broadcast index tensors (identical output), the baseline for ``augment``'s one flat
+``gather``.
 
     python -m benchmarks.datapath           # 10,000 images 3x32x32, batch 128; + tiny model on 2,048
     python -m benchmarks.datapath --quick   # CI smoke: 256 images 3x16x16, batch 64

@@ -19,7 +19,7 @@ gain for a trial of a few seconds; ``--only overhead`` the study machinery's per
 (``benchmarks.overhead``; ``benchmarks.gpu_study`` measures it on a real cifar10 study instead).
 A time guard skips the remaining work when ``--budget`` seconds have passed. Without CUDA the
 same code runs on the CPU at smoke sizes (bf16 and cudnn flags have no effect there), so CI
-exercises it. Figures from an H100: docs/benchmarks.md, section 7.
+exercises it. Figures from an H100: docs/benchmarks.md (sections gpu and gpu_study).
 
     benchmarks/gpu.sh                      # every GPU section, each under its own limit (~6 min on an H100)
     python -m benchmarks.gpu               # grid + overhead, without the wrapper

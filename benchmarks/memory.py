@@ -13,13 +13,13 @@ The per-trial overhead (the trial's cycle minus its ``train_model`` call, as in
 ``benchmarks.overhead``) is printed at the same checkpoints: work that grows with the number of
 trials already in the study (e.g. reading every trial back) shows there.
 
-The current code freezes the survivors of every trial's full collection (``gc.freeze()`` in
+The study code freezes the survivors of every trial's full collection (``gc.freeze()`` in
 ``release_memory``) and syncs the Pareto tags incrementally; this checks that neither makes
 memory creep and that the per-trial overhead does not grow with the trial count. The full run
-also repeats the study with the change still proposed in ``benchmarks._proposals`` (the study's
-SQLite stores in WAL mode) applied, in its own fresh process.
+also repeats the study with the ``+ sqlite WAL`` variant of ``benchmarks._proposals`` (the study's
+SQLite stores in WAL mode with synchronous=NORMAL) applied, in its own fresh process.
 
-    python -m benchmarks.memory            # 52 trials, current code + the proposal, fresh processes
+    python -m benchmarks.memory            # 52 trials, current code + the variant, fresh processes
     python -m benchmarks.memory --quick    # CI smoke: 6 trials in this process, current code only
 """
 

@@ -14,15 +14,14 @@ training); the breakdown shows it apart.
 
     python -m benchmarks.overhead                   # 1 + 6 trials, 2 rounds, Optuna on a journal file
     python -m benchmarks.overhead --storage sqlite  # the same with Optuna on SQLite
-    python -m benchmarks.overhead --quick           # CI smoke: 1 + 2 trials, current code and the proposal
+    python -m benchmarks.overhead --quick           # CI smoke: 1 + 2 trials, current code and the variant
     python -m benchmarks.overhead --profile         # + cProfile of the measured trials (top 25)
 
-Each run also measures the same study with the change still proposed for ``search/`` applied
-(``+ sqlite WAL``: the study's SQLite stores in WAL mode with synchronous=NORMAL; see
-``benchmarks._proposals``, which holds it because those modules belong to other owners). Same
-study, same seeds, fresh stores, in the same run; the Pareto tags of every study are checked
-against its final front. Database commits (SQLAlchemy) and journal-file appends, each an fsync,
-are counted per trial.
+Each run also measures the same study with a storage variant applied (``+ sqlite WAL``: the
+study's SQLite stores in WAL mode with synchronous=NORMAL, ``benchmarks._proposals.sqlite_wal``;
+``search/`` does not set ``synchronous``). Same study, same seeds, fresh stores, in the same run;
+the Pareto tags of every study are checked against its final front. Database commits
+(SQLAlchemy) and journal-file appends, each an fsync, are counted per trial.
 """
 
 from __future__ import annotations

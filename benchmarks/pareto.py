@@ -1,12 +1,12 @@
 """Pareto filter and hypervolume: ``search.pareto`` (numpy) vs the old pure-Python code vs Optuna's.
 
-The study filters its trials for the Pareto front after every trial and logs a hypervolume
-history; the old code was an O(n^2) Python filter and a recursive HSO hypervolume (~30 s on a
-500-point 3-objective front). This times, in the same run and interleaved, the current
-``non_dominated`` / ``hypervolume`` / ``hypervolume_history``, the old implementations (copied
-below as the baseline) and Optuna's private helpers (``_is_pareto_front``, ``compute_hypervolume``)
-on the same points, and checks that every variant gives the same front and the same volume
-(to 1e-12 relative).
+The study keeps its Pareto front up to date as trials finish, and reports compute hypervolume
+histories. The baseline is the pure-Python code ``search.pareto`` replaced: an O(n^2) filter and
+a recursive HSO hypervolume (~30 s on a 500-point 3-objective front). This times, in the same
+run and interleaved, the current ``non_dominated`` / ``hypervolume`` / ``hypervolume_history``,
+the old implementations (copied below as the baseline) and Optuna's private helpers
+(``_is_pareto_front``, ``compute_hypervolume``) on the same points, and checks that every variant
+gives the same front and the same volume (to 1e-12 relative).
 
 Points: a "front" is n mutually non-dominated points (the positive part of the unit sphere,
 3 objectives); a "mixed" set is a quarter front points, the rest uniform in [0, 1.2]^3 with 5%

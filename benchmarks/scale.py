@@ -84,9 +84,10 @@ LARGEST_LATENCY_MS = 2.0  # fake latency of the space's largest network (the oth
 SPACE = {"num_stages": [2, 3, 4], "stem_ch": [8, 12, 16, 24, 32, 48, 64], "bottleneck_ch": [8, 12, 16, 24, 32],
          "channel_mult": 2, "cardinality": [1, 2, 4, 8, 16], "base_width": [4, 8, 16], "depth": {"low": 1, "high": 5}}
 
-# the parts of the study timed per trial: label -> the functions, by dotted name. A name the code
-# does not have (the study loop moves: a Ledger now keeps the rows and front up to date) is skipped
-# and listed; a timed function called inside another counts for the outer one only.
+# the parts of the study timed per trial: label -> the functions, by dotted name (names of other
+# versions of the study loop are listed too, so the benchmark also times older code). A name the
+# code does not have is skipped and listed; a timed function called inside another counts for the
+# outer one only.
 PARTS = {
     # the study's rows, front and counts: recomputed after every trial, or kept up to date (Ledger)
     "summary": ["search.study.summarize", "search.results.Ledger.update", "search.results.Ledger.summary"],

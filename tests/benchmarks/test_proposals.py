@@ -1,4 +1,4 @@
-"""The proposed SQLite WAL change is scoped: only the listed database files, only inside the block."""
+"""The SQLite WAL variant is scoped: only the listed database files, only inside the block."""
 
 from sqlalchemy import create_engine, text
 
