@@ -198,8 +198,9 @@ def cmd_predict(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from search.analysis import collect, unique_labels
     from search.config import load_experiment
-    from search.report import collect, default_out, unique_labels, write_report
+    from search.report import default_out, write_report
     from search.storage import load_study
 
     storages = args.storage or []
