@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.config import ExperimentConfig
+from search.errors import redact
 from search.pareto import knee, non_dominated, to_losses
 from search.results import (
     OUT_OF_MEMORY,
@@ -58,7 +59,8 @@ class StudyData:
     """What the report reads from one study."""
 
     label: str  # how the report names the study (its study name; made unique when comparing)
-    experiment: str  # the experiment file the report was asked for (for the export hint)
+    experiment: str | None  # the experiment file the study was read with; None when read by its name alone
+    storage: str  # the study's storage URL, credentials redacted
     objectives: tuple[str, ...]
     directions: list[str]
     rows: list[Row]  # every completed trial, in trial order
@@ -75,15 +77,17 @@ class StudyData:
     study: optuna.Study = field(repr=False)
 
 
-def collect(study: optuna.Study, cfg: ExperimentConfig, experiment: str = "EXP.yaml", label: str | None = None
-            ) -> StudyData:
+def collect(study: optuna.Study, cfg: ExperimentConfig, experiment: str | None = None, label: str | None = None,
+            storage: str | None = None) -> StudyData:
     """Read what the report needs from ``study`` (made with ``cfg``'s recipe).
 
     Args:
         study: the study (``search.storage.load_study``).
         cfg: its experiment.
-        experiment: the experiment file's path, as the export hint in the report names it.
+        experiment: the experiment file the study was read with (default: the file ``cfg`` was loaded
+            from, ``cfg.source``; None when the study is read by its name alone).
         label: the study's name in the report (default: the study name).
+        storage: the study's storage URL (default: the experiment's).
     """
     rows = finished_rows(study, cfg.objectives)
     trained = trained_rows(rows)
@@ -107,7 +111,8 @@ def collect(study: optuna.Study, cfg: ExperimentConfig, experiment: str = "EXP.y
             entry["count"] += 1
             entry["trials"].append(t.number)
     ref = study.user_attrs.get("hv_reference") or {}
-    return StudyData(label or cfg.study_name, experiment, tuple(cfg.objectives), list(cfg.directions), rows,
+    return StudyData(label or cfg.study_name, experiment or cfg.source, redact(storage or cfg.storage_url),
+                     tuple(cfg.objectives), list(cfg.directions), rows,
                      trained, front, knee_row, dict(ref), study.user_attrs.get("recipe", {}),
                      study.user_attrs.get("fingerprint", ""), outcome_counts(study),
                      sorted(failures.values(), key=lambda f: -f["count"]), pruned, sorted(hosts), study)

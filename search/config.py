@@ -417,6 +417,7 @@ class ExperimentConfig:
     latency: LatencyConfig
     tracking: TrackingConfig
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+    source: str | None = field(default=None, compare=False)  # the file it was read from; None: built from a dict
 
     @property
     def study_name(self) -> str:
@@ -522,7 +523,7 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     raw = read_yaml(path)
     for assignment in overrides:
         apply_override(raw, assignment)
-    return experiment_from_dict(raw, name=path.stem)
+    return dataclasses.replace(experiment_from_dict(raw, name=path.stem), source=str(path))
 
 
 def experiment_from_dict(raw: dict, name: str) -> ExperimentConfig:

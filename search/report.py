@@ -52,7 +52,7 @@ from search.analysis import (
     projected_front,
     recipe_differences,
 )
-from search.config import ExperimentConfig
+from search.config import DEFAULT_STORAGE, ExperimentConfig
 from search.results import OUT_OF_MEMORY, OVER_BUDGET, TRAINED, Row
 
 LABELS = {"val_accuracy": "validation accuracy", "params": "parameters", "macs": "MACs",
@@ -272,7 +272,7 @@ def _front_figure(page: Page, data: StudyData, x: str, y: str, color: str | None
         traces.append({"type": "scatter", "mode": "lines", "name": "front in this projection", "hoverinfo": "skip",
                        "x": [r.values[x] for r in proj], "y": [r.values[y] for r in proj],
                        "line": {"shape": "hv", "color": "#444", "width": 1, "dash": "dot"}})
-        hint = f"export: <code>resnext-nas export {_esc(data.experiment)} --pick knee --out knee.yaml</code>"
+        hint = f"export: <code>{_esc(export_command(data))} --pick knee --out knee.yaml</code>"
         marker = {"size": 11, "line": {"width": 1, "color": "#222"}}
         if color:
             marker.update(color=[r.values[color] for r in front], colorscale="Viridis",
@@ -316,6 +316,21 @@ def _front_figure(page: Page, data: StudyData, x: str, y: str, color: str | None
                          "yaxis": {**_axis(y), "range": yr}, "annotations": annotations, "shapes": shapes,
                          "legend": {"orientation": "h", "y": -0.2, "x": 0, "font": {"size": 11}}},
                 height=480)
+
+
+def made_from(data: StudyData) -> str:
+    """What the report was made from, as HTML: the experiment file, or the study's name and storage."""
+    if data.experiment:
+        return f"experiment <code>{_esc(data.experiment)}</code>"
+    return f"study <code>{_esc(data.study.study_name)}</code> in <code>{_esc(data.storage)}</code>"
+
+
+def export_command(data: StudyData) -> str:
+    """The command that exports a point of this study: by its experiment file, or by its name and storage."""
+    if data.experiment:
+        return f"resnext-nas export {data.experiment}"
+    storage = "" if data.storage == DEFAULT_STORAGE else f" --storage {data.storage}"
+    return f"resnext-nas export --study {data.study.study_name}{storage}"
 
 
 def _front_table(data: StudyData) -> list[list]:
@@ -420,12 +435,13 @@ def study_report(data: StudyData, environment: dict | None = None) -> str:
     """The HTML report of one study."""
     page = Page(f"Study report: {data.label}")
     env = environment or environment_info()
-    page.data = {"study": data.label, "objectives": list(data.objectives), "counts": data.counts,
+    page.data = {"study": data.label, "experiment": data.experiment, "storage": data.storage,
+                 "objectives": list(data.objectives), "counts": data.counts,
                  "front": [{"trial": r.number, "name": r.attrs.get("spec_name"), "hash": r.attrs.get("spec_hash"),
                             **r.values} for r in data.front],
                  "knee": None if data.knee is None else data.knee.number, "hv_reference": data.ref}
     c = data.counts
-    page.note(f"experiment <code>{_esc(data.experiment)}</code> · fingerprint <code>{_esc(data.fingerprint)}</code>"
+    page.note(f"{made_from(data)} · fingerprint <code>{_esc(data.fingerprint)}</code>"
               f" · {c.get(TRAINED, 0)} networks trained, {c.get('reused', 0)} reused, {c.get(OVER_BUDGET, 0)} over "
               f"budget, {c.get(OUT_OF_MEMORY, 0)} out of memory, {c.get('failed', 0)} failed, {data.pruned} pruned"
               f"{', ' + str(c['running']) + ' running' if c.get('running') else ''} · "
@@ -446,7 +462,7 @@ def study_report(data: StudyData, environment: dict | None = None) -> str:
         if data.knee is not None:
             page.note(f"The knee (the balanced point, closest to the ideal after scaling each objective to [0, 1]) is "
                       f"trial {data.knee.number}, <code>{_esc(data.knee.attrs.get('spec_name'))}</code>: "
-                      f"<code>resnext-nas export {_esc(data.experiment)} --pick knee --out knee.yaml</code> writes "
+                      f"<code>{_esc(export_command(data))} --pick knee --out knee.yaml</code> writes "
                       "it as a YAML that <code>space.load_spec</code> rebuilds. Other points: "
                       "<code>--pick max-accuracy</code>, <code>min-params</code>, <code>min-latency</code> or a bound "
                       "such as <code>'params&lt;=1e6'</code>; each is named below by trial and hash.")
@@ -565,10 +581,10 @@ def compare_report(datas: list[StudyData], environment: dict | None = None) -> s
     own = {d.label: hv_series(d) for d in datas}
     common = {d.label: hv_series(d, ref) for d in datas}
     page.data["hypervolume"] = common
-    page.table(["study", "experiment", "objectives", "trained", "front", "knee", "hypervolume (own reference)",
+    page.table(["study", "made from", "objectives", "trained", "front", "knee", "hypervolume (own reference)",
                 "hypervolume (common reference)"],
                [[f'<span style="color:{COLORS[i % len(COLORS)]}">&#9632;</span> {_esc(d.label)}',
-                 f"<code>{_esc(d.experiment)}</code>", _esc(", ".join(d.objectives)), d.counts.get(TRAINED, 0),
+                 made_from(d), _esc(", ".join(d.objectives)), d.counts.get(TRAINED, 0),
                  len(d.front), "-" if d.knee is None else f"trial {d.knee.number} <code>"
                  f"{_esc(d.knee.attrs.get('spec_name'))}</code>",
                  f"{own[d.label]['hv'][-1]:.4f}" if own[d.label]["hv"] else "-",
@@ -687,12 +703,12 @@ def log_report(summary, cfg: ExperimentConfig, experiment: str | None = None) ->
     Args:
         summary: ``search.results.Summary`` at the end of the study (its study, tracker, parent run).
         cfg: the experiment.
-        experiment: the experiment file's path for the export hint (default: ``EXP.yaml``).
+        experiment: the experiment file the report names (default: the file ``cfg`` was read from).
     """
     if summary.parent_id is None:
         return
     try:
-        text = study_report(collect(summary.study, cfg, experiment or "EXP.yaml"))
+        text = study_report(collect(summary.study, cfg, experiment))
     except Exception as e:  # the report is a view: it must never fail a study
         print(f"warning: the study report was not made ({type(e).__name__}: {e})", file=sys.stderr)
         return

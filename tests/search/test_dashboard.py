@@ -190,6 +190,18 @@ def test_ui_prints_the_fronts_address_and_marks_the_experiment(study, ui):
     assert sorted(r.info.run_name for r in runs) == sorted(run_name(r) for r in study["front"])
 
 
+def test_the_logged_report_names_its_experiment_file(study):
+    from mlflow.artifacts import download_artifacts
+
+    from search.config import load_experiment
+
+    cfg = load_experiment(study["yaml"])
+    page = Path(download_artifacts(run_id=study["summary"].parent_id, artifact_path="report.html",
+                                   tracking_uri=cfg.tracking.uri, dst_path=str(study["dir"] / "got"))).read_text()
+    assert f"experiment <code>{study['yaml']}</code>" in page and "EXP.yaml" not in page
+    assert f"resnext-nas export {study['yaml']} --pick knee" in page
+
+
 def chromium(url: str, out: Path, name: str, budget_ms: int = 20000) -> str:
     """Load ``url`` in headless Chromium; returns the rendered DOM and writes ``name``.png."""
     profile = out / f"profile-{name}"

@@ -12,7 +12,7 @@ import yaml
 from benchmarks.report import synthetic_study
 from search import analysis, report
 from search.cli import main
-from search.config import experiment_from_dict
+from search.config import experiment_from_dict, load_experiment
 from search.pareto import pick
 from search.results import finished_rows, front_table, hypervolume_by_trial, pareto_rows, trained_rows
 from search.storage import load_study
@@ -217,12 +217,16 @@ def test_report_errors_are_one_line(tmp_path, capsys):
 
 
 def test_log_report_logs_the_page_and_never_raises(synthetic, capsys):
-    cfg, _, data, _ = synthetic
+    _, exp, data, _ = synthetic
+    cfg = load_experiment(exp)  # as a command reads it: the report names this file
     logged = []
-    tracker = SimpleNamespace(log_text=lambda run, text, name: logged.append((run, name, len(text))))
+    tracker = SimpleNamespace(log_text=lambda run, text, name: logged.append((run, name, text)))
     summary = SimpleNamespace(study=data.study, parent_id="run1", tracker=tracker)
-    report.log_report(summary, cfg, "exp.yaml")
-    assert logged and logged[0][:2] == ("run1", "report.html") and logged[0][2] > 1e6
+    report.log_report(summary, cfg)
+    assert logged and logged[0][:2] == ("run1", "report.html") and len(logged[0][2]) > 1e6
+    text = logged[0][2]
+    assert f"experiment <code>{exp}</code>" in text and f"resnext-nas export {exp} --pick knee" in text
+    assert "EXP.yaml" not in text and page_data(text)["experiment"] == str(exp)
     report.log_report(SimpleNamespace(study=data.study, parent_id=None, tracker=tracker), cfg)
     assert len(logged) == 1  # no parent run: nothing
     broken = SimpleNamespace(study=None, parent_id="run1", tracker=tracker)
