@@ -393,8 +393,14 @@ def recipe_differences(datas: list[StudyData]) -> list[tuple[str, list]]:
     return out
 
 
-def unique_labels(names: list[str], experiments: list[str]) -> list[str]:
-    """Study names, with the experiment file's stem added where two are equal."""
+def unique_labels(names: list[str], origins: list[str]) -> list[str]:
+    """Study names, with where each was read from added where two are equal.
+
+    Args:
+        names: the study names.
+        origins: each study's experiment file (its stem is added) or storage URL (added whole).
+    """
     counts = Counter(names)
-    return [n if counts[n] == 1 else f"{n} ({Path(e).stem})" for n, e in zip(names, experiments, strict=True)]
+    return [n if counts[n] == 1 else f"{n} ({Path(o).stem if o.endswith(('.yaml', '.yml')) else o})"
+            for n, o in zip(names, origins, strict=True)]
 
