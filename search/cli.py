@@ -8,6 +8,7 @@ which alone takes longer to import than the rest of such a command.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import signal
@@ -356,9 +357,34 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def ui_command(mlflow: str, uri: str, host: str, port: int, workers: int = 1) -> list[str]:
+    """The ``mlflow ui`` command line of ``resnext-nas ui``: ``workers`` server processes (MLflow's default is 4).
+
+    Args:
+        mlflow: the ``mlflow`` executable.
+        uri: the tracking store.
+        host: the address to bind (loopback by default).
+        port: the port.
+        workers: uvicorn worker processes; one serves one person browsing.
+    """
+    return [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
+def ui_env() -> dict[str, str]:
+    """The environment of the dashboard's server: this one, without MLflow's job runner unless it is asked for.
+
+    MLflow 3's server starts a job runner (huey consumers: about ten processes of ~275 MB) for its
+    GenAI jobs (scorers, evaluations, trace rollups); browsing runs, metrics, artifacts and saved
+    views needs none of it. ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true`` in the environment keeps it.
+    """
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+
+
 def cmd_ui(args) -> int:
     from search.tracking import _abs_sqlite, dashboard_links, quiet_mlflow
 
+    if args.workers < 1:
+        raise SpecError(f"ui: --workers must be at least 1, got {args.workers}")
     quiet_mlflow()
     experiment = study = None
     if args.experiment:
@@ -377,8 +403,12 @@ def cmd_ui(args) -> int:
               f"  report:       {link.report}", flush=True)
     if not links:
         print("no study in this store yet: run `resnext-nas search EXP.yaml`", flush=True)
-    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    proc = subprocess.Popen(cmd)
+    cmd = ui_command(mlflow, uri, args.host, args.port, args.workers)
+    if os.name == "posix":  # this process becomes the server's: nothing of it (mlflow imported) stays in memory
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(mlflow, cmd, ui_env())
+    proc = subprocess.Popen(cmd, env=ui_env())
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -501,6 +531,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking-uri", help="default sqlite:///mlruns/mlflow.db (or EXPERIMENT's tracking.uri)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     s.add_argument("--port", type=int, default=5000)
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server worker processes (default 1: enough for one person browsing; MLflow's own default 4)")
     s.set_defaults(fn=cmd_ui)
     return p
 
