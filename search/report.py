@@ -1,7 +1,7 @@
 """The study report: one self-contained HTML file that shows what a study found and how to use it.
 
-``resnext-nas report EXP.yaml`` writes it for one study; ``resnext-nas report A.yaml B.yaml``
-compares several. The file opens offline: plotly.js is embedded once, and every figure is a
+``resnext-nas report EXP.yaml`` (or ``--study NAME``) writes it for one study; ``resnext-nas report
+A.yaml B.yaml`` compares several. The file opens offline: plotly.js is embedded once, and every figure is a
 plain ``Plotly.newPlot`` call on data written into the page. The numbers behind the figures
 are also in the page as JSON (``<script type="application/json" id="report-data">``), so
 tests and scripts can read them back.

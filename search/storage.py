@@ -270,8 +270,9 @@ def read_study(study_name: str, storage_url: str, base: ExperimentConfig | None 
     """
     url = storage_url
     missing = f"no study '{study_name}' in {redact(url)}"
-    if url.startswith("journal:") and not Path(url[len("journal:"):]).is_file():
-        raise SpecError(f"{missing} (no such journal file); run `resnext-nas search` first")
+    for scheme, kind in (("journal:", "journal file"), ("sqlite:///", "SQLite file")):
+        if url.startswith(scheme) and not Path(url[len(scheme):]).is_file():  # opening would create it
+            raise SpecError(f"{missing} (no such {kind}); run `resnext-nas search` first")
     storage = open_storage(url, base.search.heartbeat_s if base is not None else 30)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())

@@ -2,7 +2,7 @@
 
 A study run with `--set` overrides is read by its experiment file without them, or by its name
 alone (`--study NAME`, no file); a file that describes another design space is refused.
-Real studies on real storages (a journal file and SQLite), trained on synthetic data.
+One real study (trained on synthetic data, on a journal file), read there and from a SQLite copy.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import json
 import re
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
 from search.cli import main
 from search.config import load_experiment
 from search.results import finished_rows, front_table, pareto_rows
-from search.storage import experiment_of, read_study, recipe
+from search.storage import experiment_of, open_storage, read_study, recipe
 from tests.search.conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,17 +30,34 @@ def page_data(path) -> dict:
     return json.loads(m.group(1))
 
 
-@pytest.fixture(scope="module", params=["journal", "sqlite"])
-def overridden(request, tmp_path_factory):
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
     """A 2-network study run with `--set train.epochs=1 --set train.lr=0.1` (the file says 2 epochs, lr 0.05)."""
-    tmp = tmp_path_factory.mktemp(f"read_{request.param}")
-    url = f"journal:{tmp}/optuna.journal" if request.param == "journal" else f"sqlite:///{tmp}/optuna.db"
-    raw = tiny_raw(tmp, search={"n_trials": 2, "storage": url}, train={"epochs": 2, "lr": 0.05},
-                   tracking={"enabled": False})
+    tmp = tmp_path_factory.mktemp("read")
+    raw = tiny_raw(tmp, search={"n_trials": 2, "storage": f"journal:{tmp}/optuna.journal"},
+                   train={"epochs": 2, "lr": 0.05}, tracking={"enabled": False})
     exp = tmp / "exp.yaml"
     exp.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert main(["search", str(exp), "--quiet", "--set", "train.epochs=1", "--set", "train.lr=0.1",
                  "--export-dir", str(tmp / "exports")]) == 0
+    return tmp, exp
+
+
+@pytest.fixture(scope="module", params=["journal", "sqlite"])
+def overridden(request, searched):
+    """The study on a journal file as it ran, or copied whole (trials and recorded recipe) into SQLite."""
+    tmp, exp = searched
+    url = f"journal:{tmp}/optuna.journal"
+    if request.param == "sqlite":
+        sqlite = f"sqlite:///{tmp}/optuna.db"
+        if not (tmp / "optuna.db").exists():
+            optuna.copy_study(from_study_name="exp", from_storage=open_storage(url), to_storage=open_storage(sqlite))
+        raw = yaml.safe_load(exp.read_text())
+        raw["search"]["storage"] = sqlite
+        exp = tmp / "sqlite" / "exp.yaml"
+        exp.parent.mkdir(exist_ok=True)
+        exp.write_text(yaml.safe_dump(raw, sort_keys=False))
+        url = sqlite
     return tmp, exp, url
 
 
@@ -47,6 +65,7 @@ def store_bytes(tmp) -> dict:
     return {p.name: p.read_bytes() for p in tmp.iterdir() if p.name.startswith("optuna.")}
 
 
+@pytest.mark.slow
 def test_pareto_reads_the_study_without_its_overrides(overridden, capsys):
     tmp, exp, url = overridden
     capsys.readouterr()
@@ -63,6 +82,7 @@ def test_pareto_reads_the_study_without_its_overrides(overridden, capsys):
     assert capsys.readouterr().out == by_file
 
 
+@pytest.mark.slow
 def test_report_reads_the_study_by_file_or_by_name(overridden, capsys):
     tmp, exp, url = overridden
     assert main(["report", str(exp), "--out", str(tmp / "by_file.html")]) == 0
@@ -82,6 +102,7 @@ def test_report_reads_the_study_by_file_or_by_name(overridden, capsys):
     assert hint and hint.group(1).split()[-1] == url
 
 
+@pytest.mark.slow
 def test_export_reads_the_study_by_file_or_by_name(overridden):
     tmp, exp, url = overridden
     assert main(["export", str(exp), "--out", str(tmp / "a.yaml")]) == 0
@@ -96,6 +117,7 @@ def test_export_reads_the_study_by_file_or_by_name(overridden):
     assert a["hash"] == yaml.safe_load((tmp / "exports" / "exp_knee.yaml").read_text())["hash"]
 
 
+@pytest.mark.slow
 def test_another_space_or_study_is_refused_and_nothing_is_recorded(overridden, capsys):
     tmp, exp, url = overridden
     before = store_bytes(tmp)
@@ -117,6 +139,8 @@ def test_another_space_or_study_is_refused_and_nothing_is_recorded(overridden, c
     assert "names study 'exp' but --study names 'nope'" in capsys.readouterr().err
     assert main(["pareto", "--study", "exp", "--set", "train.epochs=3"]) == 2
     assert main(["pareto"]) == 2 and "--study NAME" in capsys.readouterr().err
+    assert main(["pareto", "--study", "exp", "--storage", f"sqlite:///{tmp}/none.db"]) == 2
+    assert "no such SQLite file" in capsys.readouterr().err and not (tmp / "none.db").exists()
     assert not (tmp / "x.html").exists() and not (tmp / "x.yaml").exists()
     assert store_bytes(tmp) == before
 
