@@ -373,9 +373,10 @@ def ui_command(mlflow: str, uri: str, host: str, port: int, workers: int = 1) ->
 def ui_env() -> dict[str, str]:
     """The environment of the dashboard's server: this one, without MLflow's job runner unless it is asked for.
 
-    MLflow 3's server starts a job runner (huey consumers: about ten processes of ~275 MB) for its
-    GenAI jobs (scorers, evaluations, trace rollups); browsing runs, metrics, artifacts and saved
-    views needs none of it. ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true`` in the environment keeps it.
+    MLflow 3's server starts a job runner (with 3.17: the runner and seven huey consumers, 175-265 MB
+    each; ``benchmarks/ui_footprint.py``) for its GenAI jobs (scorers, evaluations, trace rollups);
+    browsing runs, metrics, artifacts and saved views needs none of it.
+    ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true`` in the environment keeps it.
     """
     return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
 
