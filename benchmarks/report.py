@@ -173,8 +173,9 @@ def cli(*args: str) -> tuple[float, subprocess.CompletedProcess]:
 
 
 def in_process(cfg: ExperimentConfig, exp: Path, out: Path) -> dict[str, float]:
-    """The report's steps in this process: open the study, collect + analyse, write the page."""
-    from search.report import collect, design_space, hv_series, importance, study_report
+    """The report's steps in this process: open the study, collect, each analysis (``search.analysis``), the page."""
+    from search.analysis import collect, design_space, hv_series, importance
+    from search.report import study_report
     from search.storage import load_study
 
     t0 = time.perf_counter()

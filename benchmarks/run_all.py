@@ -18,7 +18,8 @@ import time
 from benchmarks._report import footer, load_average
 
 # in the order they run; each takes --quick
-BENCHMARKS = ("complexity", "pareto", "trainer", "overhead", "latency", "datapath", "memory", "gpu", "scale", "report")
+BENCHMARKS = ("complexity", "pareto", "trainer", "overhead", "latency", "datapath", "memory", "gpu", "scale", "report",
+              "ui_footprint")
 
 
 def main(argv: list[str] | None = None) -> int:

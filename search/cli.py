@@ -8,6 +8,7 @@ which alone takes longer to import than the rest of such a command.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import signal
@@ -96,6 +97,39 @@ def _experiment(args):
     return load_experiment(args.experiment, overrides)
 
 
+def _read(command: str, experiment: str | None, study: str | None, overrides: list[str], storage: str | None):
+    """The study a reading command names (``pareto``, ``report``, ``export``) and the experiment it was run with.
+
+    By its experiment file (the file's study name and storage; ``--set`` may change them) or by
+    ``--study NAME``; either way the experiment is the study's recorded recipe (``read_study``).
+
+    Args:
+        command: the command, for the messages.
+        experiment: the experiment file, or None to read ``study`` by name.
+        study: the study's name (``--study``), or None to take the file's.
+        overrides: ``--set`` assignments for the experiment file.
+        storage: the storage URL (``--storage``), or None for the file's (or the default).
+    """
+    from search.config import DEFAULT_STORAGE, load_experiment
+    from search.storage import read_study
+
+    base = None
+    if experiment:
+        base = load_experiment(experiment, overrides)
+        if study and study != base.study_name:
+            raise SpecError(f"{experiment} names study '{base.study_name}' but --study names '{study}'; give one of "
+                            "them (an experiment file of another study may set search.study_name)")
+        study = base.study_name
+    elif overrides:
+        raise SpecError(f"{command}: --set changes an experiment file, and none is given: a study read by --study "
+                        "NAME uses its recorded recipe, and --storage URL says where it lives")
+    elif not study:
+        raise SpecError(f"{command}: name the study: an experiment file, or --study NAME (`resnext-nas studies` "
+                        "lists them)")
+    url = storage or (base.storage_url if base is not None else DEFAULT_STORAGE)
+    return read_study(study, url, base)
+
+
 def _tune(threads: int | None) -> None:
     """The process-wide settings of a command that trains (see ``search.devices.tune_process``)."""
     from search.devices import cpu_cores, tune_process
@@ -148,10 +182,8 @@ def cmd_worker(args) -> int:
 
 def cmd_pareto(args) -> int:
     from search.results import describe_counts, finished_rows, front_table, outcome_counts, pareto_rows
-    from search.storage import load_study
 
-    cfg = _experiment(args)
-    study = load_study(cfg, args.storage, reading=True)
+    study, cfg = _read("pareto", args.experiment, args.study, args.set, args.storage)
     table = front_table(pareto_rows(finished_rows(study, cfg.objectives), cfg.directions), cfg.objectives)
     print(f"study '{cfg.study_name}': {describe_counts(outcome_counts(study))}; {len(table)} networks on the "
           "feasible Pareto front")
@@ -164,10 +196,10 @@ def cmd_export(args) -> int:
 
     if args.onnx and not args.weights:
         raise SpecError("--onnx needs trained weights (an export holds only the architecture): export without "
-                        f"--onnx, train it with `resnext-nas evaluate {args.experiment} {args.out} --weights "
-                        "w.safetensors`, then rerun this with --weights w.safetensors")
-    cfg = _experiment(args)
-    doc = export_best(cfg, args.pick, args.out, args.storage)
+                        f"--onnx, train it with `resnext-nas evaluate {args.experiment or 'EXPERIMENT.yaml'} "
+                        f"{args.out} --weights w.safetensors`, then rerun this with --weights w.safetensors")
+    _, cfg = _read("export", args.experiment, args.study, args.set, args.storage)
+    doc = export_best(cfg, args.pick, args.out, cfg.storage_url)
     print(f"wrote {args.out}: {doc['name']} from trial {doc['provenance']['trial']} "
           f"({doc['complexity']['params']:,} params)")
     if args.onnx:
@@ -198,19 +230,27 @@ def cmd_predict(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from search.config import load_experiment
-    from search.report import collect, default_out, unique_labels, write_report
-    from search.storage import load_study
+    from search.analysis import collect, unique_labels
+    from search.report import default_out, write_report
 
+    sources = [(e, None) for e in args.experiments] + [(None, name) for name in args.study or []]
     storages = args.storage or []
-    if len(storages) > 1 and len(storages) != len(args.experiments):
-        raise SpecError(f"report: {len(storages)} --storage values for {len(args.experiments)} experiments; give "
-                        "one (used for all) or one per experiment, in the same order")
-    cfgs = [load_experiment(e, list(args.set)) for e in args.experiments]
-    urls = [storages[0] if len(storages) == 1 else storages[i] if storages else None for i in range(len(cfgs))]
-    studies = [load_study(cfg, url, reading=True) for cfg, url in zip(cfgs, urls, strict=True)]
-    labels = unique_labels([c.study_name for c in cfgs], args.experiments)
-    datas = [collect(s, c, e, label) for s, c, e, label in zip(studies, cfgs, args.experiments, labels, strict=True)]
+    if not sources:
+        raise SpecError("report: name the study: an experiment file, or --study NAME (`resnext-nas studies` lists "
+                        "them); several compare")
+    if args.set and not args.experiments:
+        raise SpecError("report: --set changes the experiment files, and none is given: a study read by --study "
+                        "NAME uses its recorded recipe")
+    if len(storages) > 1 and len(storages) != len(sources):
+        raise SpecError(f"report: {len(storages)} --storage values for {len(sources)} studies; give one (used for "
+                        "all) or one per study: experiment files first, then each --study, in the same order")
+    read = [_read("report", experiment, name, args.set if experiment else [],
+                  storages[0] if len(storages) == 1 else storages[i] if storages else None)
+            for i, (experiment, name) in enumerate(sources)]
+    origins = [experiment or redact(cfg.storage_url) for (experiment, _), (_, cfg) in zip(sources, read, strict=True)]
+    labels = unique_labels([cfg.study_name for _, cfg in read], origins)
+    datas = [collect(study, cfg, experiment, label, cfg.storage_url)
+             for (study, cfg), (experiment, _), label in zip(read, sources, labels, strict=True)]
     out = write_report(datas, args.out or default_out(labels))
     what = f"study '{labels[0]}'" if len(datas) == 1 else f"{len(datas)} studies ({', '.join(labels)})"
     print(f"wrote {out}: the report of {what}; open it in a browser (works offline)")
@@ -317,9 +357,35 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def ui_command(mlflow: str, uri: str, host: str, port: int, workers: int = 1) -> list[str]:
+    """The ``mlflow ui`` command line of ``resnext-nas ui``: ``workers`` server processes (MLflow's default is 4).
+
+    Args:
+        mlflow: the ``mlflow`` executable.
+        uri: the tracking store.
+        host: the address to bind (loopback by default).
+        port: the port.
+        workers: uvicorn worker processes; one serves one person browsing.
+    """
+    return [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
+def ui_env() -> dict[str, str]:
+    """The environment of the dashboard's server: this one, without MLflow's job runner unless it is asked for.
+
+    MLflow 3's server starts a job runner (with 3.17: the runner and seven huey consumers, 175-265 MB
+    each; ``benchmarks/ui_footprint.py``) for its GenAI jobs (scorers, evaluations, trace rollups);
+    browsing runs, metrics, artifacts and saved views needs none of it.
+    ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true`` in the environment keeps it.
+    """
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+
+
 def cmd_ui(args) -> int:
     from search.tracking import _abs_sqlite, dashboard_links, quiet_mlflow
 
+    if args.workers < 1:
+        raise SpecError(f"ui: --workers must be at least 1, got {args.workers}")
     quiet_mlflow()
     experiment = study = None
     if args.experiment:
@@ -338,8 +404,12 @@ def cmd_ui(args) -> int:
               f"  report:       {link.report}", flush=True)
     if not links:
         print("no study in this store yet: run `resnext-nas search EXP.yaml`", flush=True)
-    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    proc = subprocess.Popen(cmd)
+    cmd = ui_command(mlflow, uri, args.host, args.port, args.workers)
+    if os.name == "posix":  # this process becomes the server's: nothing of it (mlflow imported) stays in memory
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(mlflow, cmd, ui_env())
+    proc = subprocess.Popen(cmd, env=ui_env())
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -362,9 +432,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resnext-nas", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def experiment_cmd(name, help_text, fn, storage=True):
+    def experiment_cmd(name, help_text, fn, storage=True, by_name=False):
         s = sub.add_parser(name, help=help_text)
-        s.add_argument("experiment", help="experiment YAML file (see experiments/)")
+        if by_name:  # a command that only reads a study: its file, or its name
+            s.add_argument("experiment", nargs="?", help="experiment YAML file (see experiments/), or --study NAME")
+            s.add_argument("--study", metavar="NAME", help="read the study by its name, with the recipe it "
+                                                           "recorded (no experiment file needed; `resnext-nas "
+                                                           "studies` lists them)")
+        else:
+            s.add_argument("experiment", help="experiment YAML file (see experiments/)")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a key, e.g. --set search.n_trials=20 (repeatable)")
         if storage:
@@ -397,9 +473,9 @@ def parser() -> argparse.ArgumentParser:
                                                           "per GPU, else 1)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
 
-    experiment_cmd("pareto", "print the feasible Pareto front of the study", cmd_pareto)
+    experiment_cmd("pareto", "print the feasible Pareto front of the study", cmd_pareto, by_name=True)
 
-    s = experiment_cmd("export", "write one Pareto point as a self-contained YAML", cmd_export)
+    s = experiment_cmd("export", "write one Pareto point as a self-contained YAML", cmd_export, by_name=True)
     s.add_argument("--pick", default="knee",
                    help="knee | max-accuracy | min-latency | min-params | min-macs | 'params<=1e6'")
     s.add_argument("--out", required=True, help="output YAML path")
@@ -408,7 +484,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", metavar="W", help="the network's trained weights (`evaluate --weights W`), for --onnx")
 
     s = sub.add_parser("report", help="one self-contained HTML report of a study; several experiments: compare")
-    s.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="experiment YAML file(s)")
+    s.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="experiment YAML file(s)")
+    s.add_argument("--study", action="append", metavar="NAME", help="a study by its name, with the recipe it recorded "
+                                                                   "(no experiment file needed; repeatable)")
     s.add_argument("--out", help="HTML file (default mlruns/reports/<study>.html, or compare_<a>_<b>.html)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key in every experiment, e.g. --set search.study_name=x (repeatable)")
@@ -454,6 +532,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking-uri", help="default sqlite:///mlruns/mlflow.db (or EXPERIMENT's tracking.uri)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     s.add_argument("--port", type=int, default=5000)
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server worker processes (default 1: enough for one person browsing; MLflow's own default 4)")
     s.set_defaults(fn=cmd_ui)
     return p
 

@@ -6,6 +6,9 @@ section re-export it (``from search.train import TrainConfig`` works). This modu
 file, applies ``--set`` overrides and builds the sections generically from their type hints,
 so a new field needs no parser code. Unknown keys are errors naming the closest valid key.
 
+A field's inline comment is its unit and meaning on docs/experiment-file.md, which is generated
+from these dataclasses: ``python -m search.docs --write`` (a test fails while the page is stale).
+
 Nothing here imports torch (``tests/search/test_imports.py`` checks it): commands that only read
 a study, such as ``pareto``, load the experiment file without paying for it.
 """
@@ -182,6 +185,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ConstraintsConfig:
+    """Budgets a network must meet to count: over one, it is infeasible (skipped, or off the front)."""
+
     max_params: float | None = None      # parameters; checked before the network is built
     max_macs: float | None = None        # multiply-accumulates per image; checked before building
     max_latency_ms: float | None = None  # median latency in ms; checked after measuring
@@ -195,6 +200,8 @@ class ConstraintsConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
+    """The study: its name and storage, the sampler, how many networks it trains and when it stops."""
+
     study_name: str | None = None    # Optuna study name; null = the experiment file's name
     sampler: str = "nsga2"           # nsga2 | tpe | random | grid (nsga2: best on benchmarks.search_quality)
     n_trials: int = 12               # networks trained to completion (over the whole study: resuming tops up)
@@ -397,6 +404,8 @@ class LatencyConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
+    """Where MLflow records the study's runs, metrics and artifacts."""
+
     enabled: bool = True                            # log to MLflow
     uri: str = "sqlite:///mlruns/mlflow.db"         # MLflow tracking URI (database or http server)
     artifacts: str = "mlruns/artifacts"             # artifact root for new MLflow experiments
@@ -417,6 +426,7 @@ class ExperimentConfig:
     latency: LatencyConfig
     tracking: TrackingConfig
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+    source: str | None = field(default=None, compare=False)  # the file it was read from; None: built from a dict
 
     @property
     def study_name(self) -> str:
@@ -522,7 +532,7 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     raw = read_yaml(path)
     for assignment in overrides:
         apply_override(raw, assignment)
-    return experiment_from_dict(raw, name=path.stem)
+    return dataclasses.replace(experiment_from_dict(raw, name=path.stem), source=str(path))
 
 
 def experiment_from_dict(raw: dict, name: str) -> ExperimentConfig:

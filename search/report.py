@@ -1,29 +1,24 @@
 """The study report: one self-contained HTML file that shows what a study found and how to use it.
 
-``resnext-nas report EXP.yaml`` writes it for one study; ``resnext-nas report A.yaml B.yaml``
-compares several. The file opens offline: plotly.js is embedded once, and every figure is a
+``resnext-nas report EXP.yaml`` (or ``--study NAME``) writes it for one study; ``resnext-nas report
+A.yaml B.yaml`` compares several. The file opens offline: plotly.js is embedded once, and every figure is a
 plain ``Plotly.newPlot`` call on data written into the page. The numbers behind the figures
 are also in the page as JSON (``<script type="application/json" id="report-data">``), so
 tests and scripts can read them back.
 
-What one study's report holds:
+What one study's report holds, each computed by ``search.analysis`` (which says how):
 
 - the feasible Pareto front for every pair of objectives (a third objective as colour, the knee
   marked; dominated and infeasible trials muted), with the front as a table;
 - the hypervolume against trials, cumulative training epochs and cumulative training seconds,
   on the study's fixed reference point (``hv_reference``);
-- the design-space analysis of Radosavovic et al., "On Network Design Spaces for Visual
-  Recognition" (ICCV 2019, arXiv:1905.13214): error EDFs per value of each dimension, and
-  complexity-normalised EDFs (each model reweighted so that every log-complexity bin carries the
-  same total weight); and the "good ranges" of pycls' ``sweep/analysis.get_filters`` (Radosavovic
-  et al. 2020, arXiv:2003.13678): resample 25% of the networks with replacement, keep the best,
-  repeat, and take the 2.5-97.5 percentiles of the best network's value per dimension;
-- which parameters matter for reaching the front: Optuna's PED-ANOVA importance with
-  ``target=None`` on the trained networks;
+- the design-space analysis of Radosavovic et al. (2019, 2020): error EDFs per value of each
+  dimension, raw and complexity-normalised, and each dimension's "good range";
+- which parameters matter for reaching the front (PED-ANOVA importance);
 - the learning curves of the front's networks; the counts by outcome, failures with their
   reasons; the recipe, the versions and the device.
 
-No mlflow here: ``log_report`` hands the page to ``search.tracking.Tracker``.
+This module only renders. No mlflow here: ``log_report`` hands the page to ``search.tracking.Tracker``.
 """
 
 from __future__ import annotations
@@ -33,35 +28,33 @@ import json
 import math
 import re
 import sys
-import warnings
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import optuna
-from optuna.trial import TrialState
 
-from search.config import ExperimentConfig
-from search.pareto import knee, non_dominated, to_losses
-from search.results import (
-    OUT_OF_MEMORY,
-    OVER_BUDGET,
-    TRAINED,
-    Row,
-    finished_rows,
-    hypervolume_by_trial,
-    outcome_counts,
-    pareto_rows,
-    spent,
-    trained_rows,
+from search.analysis import (
+    BOOT_SAMPLE,
+    BOOTSTRAP,
+    COMPLEXITY_BINS,
+    MIN_EDF,
+    StudyData,
+    budgets,
+    collect,
+    common_reference,
+    complexity_range,
+    design_space,
+    dim_order,
+    format_value,
+    hv_series,
+    importance,
+    infeasible_reason,
+    measured_values,
+    projected_front,
+    recipe_differences,
 )
+from search.config import DEFAULT_STORAGE, ExperimentConfig
+from search.results import OUT_OF_MEMORY, OVER_BUDGET, TRAINED, Row
 
-BOOTSTRAP = 1000  # resamples for the good ranges (pycls: 2500)
-BOOT_SAMPLE = 0.25  # fraction of the networks in each resample (pycls: 0.25)
-COMPLEXITY_BINS = 8  # log-uniform complexity bins of the normalised EDFs
-MIN_IMPORTANCE = 20  # trained networks below which PED-ANOVA is not run (it wants >= 5 in its top 10%)
-MIN_EDF = 3  # networks a dimension value needs for its own EDF curve
 LABELS = {"val_accuracy": "validation accuracy", "params": "parameters", "macs": "MACs",
           "latency_ms": "latency (ms)"}
 LOG_AXES = ("params", "macs")
@@ -70,273 +63,6 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c
 DIM_LABELS = {"num_stages": "number of stages", "stem_ch": "stem channels", "bottleneck_ch": "bottleneck channels "
               "(stage 1)", "channel_mult": "channel multiplier", "cardinality": "cardinality (groups)",
               "base_width": "base width"}
-
-
-# -- the data of one study ------------------------------------------------------------------------
-
-@dataclass
-class StudyData:
-    """What the report reads from one study."""
-
-    label: str  # how the report names the study (its study name; made unique when comparing)
-    experiment: str  # the experiment file the report was asked for (for the export hint)
-    objectives: tuple[str, ...]
-    directions: list[str]
-    rows: list[Row]  # every completed trial, in trial order
-    trained: list[Row]  # feasible trained networks, one row per network
-    front: list[Row]
-    knee: Row | None
-    ref: dict[str, float]
-    recipe: dict
-    fingerprint: str
-    counts: dict[str, int]
-    failures: list[dict]  # {kind, reason, count, trials}
-    pruned: int
-    hosts: list[str]
-    study: optuna.Study = field(repr=False)
-
-
-def collect(study: optuna.Study, cfg: ExperimentConfig, experiment: str = "EXP.yaml", label: str | None = None
-            ) -> StudyData:
-    """Read what the report needs from ``study`` (made with ``cfg``'s recipe).
-
-    Args:
-        study: the study (``search.storage.load_study``).
-        cfg: its experiment.
-        experiment: the experiment file's path, as the export hint in the report names it.
-        label: the study's name in the report (default: the study name).
-    """
-    rows = finished_rows(study, cfg.objectives)
-    trained = trained_rows(rows)
-    front = pareto_rows(rows, cfg.directions)
-    knee_row = None
-    if front:
-        knee_row = front[knee([to_losses([r.values[o] for o in cfg.objectives], cfg.directions) for r in front])]
-    failures: dict[tuple, dict] = {}
-    pruned, hosts = 0, set()
-    for t in study.get_trials(deepcopy=False):
-        host = (t.user_attrs.get("worker") or {}).get("host")
-        if host:
-            hosts.add(host)
-        if t.state == TrialState.PRUNED:
-            pruned += 1
-        infeasible = t.state == TrialState.COMPLETE and t.user_attrs.get("outcome") == OUT_OF_MEMORY
-        if t.state == TrialState.FAIL or infeasible:
-            kind = t.user_attrs.get("failure", "out_of_memory" if infeasible else "failed")
-            reason = (t.user_attrs.get("fail_reason") or "no reason recorded").strip().splitlines()[0][:200]
-            entry = failures.setdefault((kind, reason), {"kind": kind, "reason": reason, "count": 0, "trials": []})
-            entry["count"] += 1
-            entry["trials"].append(t.number)
-    ref = study.user_attrs.get("hv_reference") or {}
-    return StudyData(label or cfg.study_name, experiment, tuple(cfg.objectives), list(cfg.directions), rows,
-                     trained, front, knee_row, dict(ref), study.user_attrs.get("recipe", {}),
-                     study.user_attrs.get("fingerprint", ""), outcome_counts(study),
-                     sorted(failures.values(), key=lambda f: -f["count"]), pruned, sorted(hosts), study)
-
-
-def dimensions(spec: dict) -> dict[str, float]:
-    """The design-space dimensions of one network (its NetSpec dict), as the analysis groups them.
-
-    Cardinality, base width and bottleneck channels are the first stage's (the space samples one
-    value per network); ``depth_i`` is stage i's depth (absent when the network has fewer stages).
-    """
-    stages = spec.get("stages") or []
-    if not stages:
-        return {}
-    out = {"num_stages": len(stages), "stem_ch": spec.get("stem_ch"), "bottleneck_ch": stages[0]["bottleneck_ch"],
-           "cardinality": stages[0]["groups"], "base_width": stages[0]["base_width"]}
-    if len(stages) > 1:
-        out["channel_mult"] = stages[1]["bottleneck_ch"] / stages[0]["bottleneck_ch"]
-    for i, s in enumerate(stages):
-        out[f"depth_{i + 1}"] = s["depth"]
-    return {k: float(v) for k, v in out.items() if v is not None}
-
-
-def error_of(row: Row) -> float:
-    """``1 - val_accuracy`` of a trained network."""
-    acc = row.values.get("val_accuracy", (row.attrs.get("metrics") or {}).get("val_accuracy"))
-    return 1.0 - float(acc) if acc is not None else math.nan
-
-
-def design_matrix(trained: list[Row]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(errors, {dimension: values with NaN where a network lacks it}) over networks with an error.
-
-    Dimensions with a single value among them are left out: there is nothing to compare.
-    """
-    rows = [r for r in trained if not math.isnan(error_of(r))]
-    errors = np.array([error_of(r) for r in rows], dtype=float)
-    dims = [dimensions(r.spec) for r in rows]
-    names = sorted({k for d in dims for k in d}, key=_dim_order)
-    values = {k: np.array([d.get(k, math.nan) for d in dims], dtype=float) for k in names}
-    return errors, {k: v for k, v in values.items() if len(np.unique(v[~np.isnan(v)])) > 1}
-
-
-def _dim_order(name: str) -> tuple:
-    fixed = ("cardinality", "base_width", "bottleneck_ch", "channel_mult", "stem_ch", "num_stages")
-    if name in fixed:
-        return (fixed.index(name), 0)
-    return (len(fixed), int(name.split("_")[1]) if name.startswith("depth_") else 0)
-
-
-# -- EDFs and good ranges -----------------------------------------------------------------------------
-
-def edf(errors: np.ndarray, weights: np.ndarray | None = None) -> tuple[list[float], list[float]]:
-    """The empirical distribution function of ``errors``: (sorted errors, F at each of them).
-
-    ``F(e) = sum of the weights of the errors <= e`` over the total weight (uniform weights by
-    default: the fraction of networks with an error at most ``e``).
-    """
-    errors = np.asarray(errors, dtype=float)
-    w = np.ones_like(errors) if weights is None else np.asarray(weights, dtype=float)
-    order = np.argsort(errors, kind="stable")
-    cum = np.cumsum(w[order]) / w.sum() if len(errors) else np.zeros(0)
-    return errors[order].tolist(), cum.tolist()
-
-
-def complexity_weights(cx: np.ndarray, lo: float, hi: float, bins: int = COMPLEXITY_BINS) -> np.ndarray:
-    """Weights that give every non-empty log-complexity bin of [lo, hi] the same total weight.
-
-    Radosavovic et al. 2019 (Sec. 4, "normalized comparisons"): reweighting the models so that
-    their complexity distribution is the same (here uniform over log complexity) removes the
-    effect of one design space simply holding larger models than another.
-    """
-    cx = np.asarray(cx, dtype=float)
-    if len(cx) == 0:
-        return cx
-    edges = np.linspace(math.log10(lo), math.log10(hi), bins + 1) if hi > lo else np.array([-np.inf, np.inf])
-    ids = np.clip(np.searchsorted(edges, np.log10(cx), side="right") - 1, 0, len(edges) - 2)
-    counts = np.bincount(ids, minlength=len(edges) - 1)
-    w = 1.0 / counts[ids]
-    return w / w.sum()
-
-
-def good_ranges(errors: np.ndarray, values: dict[str, np.ndarray], n_boot: int = BOOTSTRAP,
-                sample: float = BOOT_SAMPLE, seed: int = 0) -> dict[str, dict]:
-    """The bootstrap "good range" of each dimension (pycls ``get_filters``).
-
-    Draw ``max(1, int(n * sample))`` networks with replacement, keep the one with the lowest
-    error, record its value of every dimension; repeat ``n_boot`` times. The interval is the
-    2.5 and 97.5 percentiles of those values (the median is the "best" value).
-
-    Returns:
-        dimension -> {lo, median, hi, absent}: absent is the fraction of resamples whose best
-        network lacks the dimension (e.g. ``depth_3`` of a two-stage network); None values when
-        every one lacks it.
-    """
-    n = len(errors)
-    if n == 0:
-        return {}
-    rng = np.random.default_rng(seed)
-    k = max(1, int(n * sample))
-    idx = rng.integers(0, n, size=(n_boot, k))
-    best = idx[np.arange(n_boot), np.argmin(errors[idx], axis=1)]
-    out = {}
-    for name, v in values.items():
-        picked = v[best]
-        present = picked[~np.isnan(picked)]
-        lo, med, hi = (np.percentile(present, [2.5, 50, 97.5]).tolist() if len(present) else (None, None, None))
-        out[name] = {"lo": lo, "median": med, "hi": hi, "absent": float(1 - len(present) / n_boot)}
-    return out
-
-
-def design_space(trained: list[Row], cx_key: str = "params", cx_range: tuple[float, float] | None = None) -> dict:
-    """EDFs (raw and complexity-normalised) overall and per dimension value, and the good ranges.
-
-    Args:
-        trained: the feasible trained networks (one row per network).
-        cx_key: the complexity the normalised EDFs control for (a trial user attribute).
-        cx_range: the complexity range of the bins (default: the networks' own); reports that
-            compare studies pass one range for all.
-    """
-    errors, values = design_matrix(trained)
-    rows = [r for r in trained if not math.isnan(error_of(r))]
-    cx = np.array([float(r.attrs.get(cx_key) or r.values.get(cx_key) or 1.0) for r in rows])
-    lo, hi = cx_range or ((float(cx.min()), float(cx.max())) if len(cx) else (1.0, 1.0))
-    out = {"n": len(errors), "complexity": cx_key, "range": [lo, hi], "bins": COMPLEXITY_BINS,
-           "all": _edfs(errors, cx, lo, hi), "dims": {}, "good": good_ranges(errors, values)}
-    if len(errors):
-        b = int(np.argmin(errors))
-        out["best"] = {"trial": rows[b].number, "error": float(errors[b]),
-                       "values": {k: (None if math.isnan(v[b]) else float(v[b])) for k, v in values.items()}}
-    for name, v in values.items():
-        curves = {}
-        for value in np.unique(v[~np.isnan(v)]):
-            sel = v == value
-            if sel.sum() >= MIN_EDF:
-                curves[_fmt_value(value)] = _edfs(errors[sel], cx[sel], lo, hi)
-        out["dims"][name] = curves
-    return out
-
-
-def _edfs(errors: np.ndarray, cx: np.ndarray, lo: float, hi: float) -> dict:
-    e, f = edf(errors)
-    en, fn = edf(errors, complexity_weights(cx, lo, hi))
-    return {"n": int(len(errors)), "errors": e, "cum": f, "errors_norm": en, "cum_norm": fn,
-            "min": min(e) if e else None, "mean": float(np.mean(errors)) if len(errors) else None}
-
-
-def _fmt_value(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
-
-
-# -- hypervolume and importance -------------------------------------------------------------------
-
-def hv_series(data: StudyData, ref: dict[str, float] | None = None) -> dict:
-    """Hypervolume after each completed trial, with the compute spent so far.
-
-    Args:
-        data: the study.
-        ref: the reference point (default: the study's own ``hv_reference``); its objectives
-            decide which objectives count.
-    Returns:
-        {trial, hv, epochs, seconds}: lists in trial order; epochs and seconds are the cumulative
-        training spend (``search.results.spent``) of every finished trial up to that one: trained
-        networks, and trials stopped at a rung of the pruner (reused and skipped trials cost nothing).
-    """
-    ref = ref if ref is not None else data.ref
-    if not ref or not data.rows:
-        return {"trial": [], "hv": [], "epochs": [], "seconds": []}
-    series = hypervolume_by_trial(data.rows, ref)
-    spend = sorted((t.number, *spent(t)) for t in data.study.get_trials(deepcopy=False) if t.state.is_finished())
-    epochs = seconds = 0.0
-    ep, sec, i = [], [], 0
-    for number, _ in series:
-        while i < len(spend) and spend[i][0] <= number:
-            epochs, seconds, i = epochs + spend[i][1], seconds + spend[i][2], i + 1
-        ep.append(epochs)
-        sec.append(seconds)
-    return {"trial": [n for n, _ in series], "hv": [v for _, v in series], "epochs": ep, "seconds": sec}
-
-
-def importance(data: StudyData) -> tuple[dict[str, float] | None, str]:
-    """PED-ANOVA importance of each parameter for reaching the front (``target=None``), and a note.
-
-    Computed on the feasible trained networks only (one trial per network: reused copies and
-    skipped proposals would count a network twice or bring in placeholder values), copied into
-    an in-memory study with the study's directions.
-    """
-    n = len(data.trained)
-    if n < MIN_IMPORTANCE:
-        return None, (f"too few trained networks for PED-ANOVA ({n} < {MIN_IMPORTANCE}): it compares the "
-                      "top 10% of networks with the rest, and needs at least a handful in that top")
-    by_number = {t.number: t for t in data.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    twin = optuna.create_study(directions=data.directions, storage=optuna.storages.InMemoryStorage())
-    for r in data.trained:
-        t = by_number[r.number]
-        twin.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, values=t.values))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        scores = optuna.importance.get_param_importances(
-            twin, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=None)
-    fixed = {k for t in twin.trials for k, d in t.distributions.items() if d.single()}
-    scores = {k: v for k, v in scores.items() if k not in fixed}  # a fixed parameter cannot matter
-    notes = [f"PED-ANOVA on {n} trained networks, target=None: how much each parameter's distribution among the "
-             "networks nearest the front (top 10% by non-domination rank) differs from its distribution among "
-             "the top half; normalised to sum to 1"]
-    if n < 50:
-        notes.append(f"only {n} networks: fewer than 5 in the top 10%, so these values are noisy")
-    notes += [str(w.message).split("\n")[0] for w in caught if "importance" in str(w.message).lower()]
-    return scores, "; ".join(notes)
 
 
 # -- HTML -------------------------------------------------------------------------------------------------
@@ -474,34 +200,17 @@ def _axis(objective: str, title: str | None = None) -> dict:
 def _hover(data: StudyData, r: Row, extra: str = "") -> str:
     name = r.attrs.get("spec_name", "?")
     lines = [f"<b>{_esc(name)}</b>", f"trial {r.number} · hash {_esc(r.attrs.get('spec_hash', '?'))}"]
-    known = _known_values(r)
+    known = measured_values(r)
     for o in data.objectives:
         lines.append(f"{o}: {_num(known.get(o), o) if known.get(o) is not None else 'not measured'}")
     for k in ("params", "macs"):
         if k not in data.objectives and r.attrs.get(k) is not None:
             lines.append(f"{k}: {_num(r.attrs[k], k)}")
     if r.outcome != TRAINED or not r.feasible:
-        lines.append(f"<i>{_esc(_infeasible_reason(r))}</i>")
+        lines.append(f"<i>{_esc(infeasible_reason(r))}</i>")
     if extra:
         lines.append(extra)
     return "<br>".join(lines)
-
-
-def _known_values(r: Row) -> dict[str, float | None]:
-    """The objective values that were measured (an untrained network has only params and MACs)."""
-    if r.outcome == TRAINED:
-        return {k: (v if math.isfinite(v) else None) for k, v in r.values.items()}
-    return {k: (v if k in ("params", "macs") and math.isfinite(v) else None) for k, v in r.values.items()}
-
-
-def _infeasible_reason(r: Row) -> str:
-    if r.outcome == OVER_BUDGET:
-        return "over budget: never built"
-    if r.outcome == OUT_OF_MEMORY:
-        return "out of memory: never trained"
-    if not r.feasible:
-        return "infeasible: trained, but over a budget measured after training (latency)"
-    return r.outcome
 
 
 def _pairs(objectives: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -524,20 +233,10 @@ def _range(values: list[float], log: bool) -> list[float]:
     return [lo - pad, hi + pad]
 
 
-def _budgets(data: StudyData) -> dict[str, float]:
-    out = {}
-    for o in data.objectives:
-        key = {"params": "max_params", "macs": "max_macs", "latency_ms": "max_latency_ms"}.get(o)
-        v = data.recipe.get(f"constraints.{key}") if key else None
-        if v is not None:
-            out[o] = float(v)
-    return out
-
-
 def _front_figure(page: Page, data: StudyData, x: str, y: str, color: str | None) -> None:
     """One panel of the front: dominated and infeasible trials muted, the front coloured, the knee marked."""
     front_ids = {r.number for r in data.front}
-    known = {r.number: _known_values(r) for r in data.rows}
+    known = {r.number: measured_values(r) for r in data.rows}
     trained = [r for r in data.trained if r.number not in front_ids]
     infeasible = [r for r in data.rows if not (r.outcome == TRAINED and r.feasible) and r.outcome != "reused"]
     all_vals = [known[r.number] for r in data.rows]
@@ -569,12 +268,11 @@ def _front_figure(page: Page, data: StudyData, x: str, y: str, color: str | None
     front = sorted(data.front, key=lambda r: r.values[x])
     if front:
         # the front of this projection, as a staircase
-        losses = [to_losses([r.values[x], r.values[y]], [dirs[x], dirs[y]]) for r in front]
-        proj = sorted((front[i] for i in non_dominated(losses)), key=lambda r: r.values[x])
+        proj = projected_front(data, x, y)
         traces.append({"type": "scatter", "mode": "lines", "name": "front in this projection", "hoverinfo": "skip",
                        "x": [r.values[x] for r in proj], "y": [r.values[y] for r in proj],
                        "line": {"shape": "hv", "color": "#444", "width": 1, "dash": "dot"}})
-        hint = f"export: <code>resnext-nas export {_esc(data.experiment)} --pick knee --out knee.yaml</code>"
+        hint = f"export: <code>{_esc(export_command(data))} --pick knee --out knee.yaml</code>"
         marker = {"size": 11, "line": {"width": 1, "color": "#222"}}
         if color:
             marker.update(color=[r.values[color] for r in front], colorscale="Viridis",
@@ -603,7 +301,7 @@ def _front_figure(page: Page, data: StudyData, x: str, y: str, color: str | None
                             "text": f"knee · trial {k.number}", "showarrow": True, "arrowhead": 0, "ax": 40,
                             "ay": -30, "font": {"color": "#e8590c", "size": 12}, "bgcolor": "rgba(255,255,255,0.8)"})
     shapes = []
-    for o, bound in _budgets(data).items():
+    for o, bound in budgets(data).items():
         if o in (x, y):
             v = math.log10(bound) if o in LOG_AXES else bound
             line = {"type": "line", "line": {"dash": "dash", "color": "#c06060", "width": 1}}
@@ -618,6 +316,21 @@ def _front_figure(page: Page, data: StudyData, x: str, y: str, color: str | None
                          "yaxis": {**_axis(y), "range": yr}, "annotations": annotations, "shapes": shapes,
                          "legend": {"orientation": "h", "y": -0.2, "x": 0, "font": {"size": 11}}},
                 height=480)
+
+
+def made_from(data: StudyData) -> str:
+    """What the report was made from, as HTML: the experiment file, or the study's name and storage."""
+    if data.experiment:
+        return f"experiment <code>{_esc(data.experiment)}</code>"
+    return f"study <code>{_esc(data.study.study_name)}</code> in <code>{_esc(data.storage)}</code>"
+
+
+def export_command(data: StudyData) -> str:
+    """The command that exports a point of this study: by its experiment file, or by its name and storage."""
+    if data.experiment:
+        return f"resnext-nas export {data.experiment}"
+    storage = "" if data.storage == DEFAULT_STORAGE else f" --storage {data.storage}"
+    return f"resnext-nas export --study {data.study.study_name}{storage}"
 
 
 def _front_table(data: StudyData) -> list[list]:
@@ -689,7 +402,7 @@ def _good_table(page: Page, ds_list: list[tuple[str, dict]]) -> None:
         prefix = f"{label}: " if len(ds_list) > 1 else ""
         header += [f"{prefix}best network", f"{prefix}good range (95%)", f"{prefix}median"]
     rows = []
-    for d in sorted(dims, key=_dim_order):
+    for d in sorted(dims, key=dim_order):
         cells = [DIM_LABELS.get(d, d.replace("depth_", "depth of stage "))]
         for _, ds in ds_list:
             g = ds["good"].get(d)
@@ -697,11 +410,11 @@ def _good_table(page: Page, ds_list: list[tuple[str, dict]]) -> None:
             if g is None:
                 cells += ["-", "-", "-"]
                 continue
-            rng = "-" if g["lo"] is None else f"[{_fmt_value(round(g['lo'], 3))}, {_fmt_value(round(g['hi'], 3))}]"
+            rng = "-" if g["lo"] is None else f"[{format_value(round(g['lo'], 3))}, {format_value(round(g['hi'], 3))}]"
             if g["absent"] > 0:
                 rng += f" (absent in {g['absent']:.0%})"
-            cells += ["-" if best is None else _fmt_value(best), rng,
-                      "-" if g["median"] is None else _fmt_value(round(g["median"], 3))]
+            cells += ["-" if best is None else format_value(best), rng,
+                      "-" if g["median"] is None else format_value(round(g["median"], 3))]
         rows.append(cells)
     page.table(header, rows)
 
@@ -722,12 +435,13 @@ def study_report(data: StudyData, environment: dict | None = None) -> str:
     """The HTML report of one study."""
     page = Page(f"Study report: {data.label}")
     env = environment or environment_info()
-    page.data = {"study": data.label, "objectives": list(data.objectives), "counts": data.counts,
+    page.data = {"study": data.label, "experiment": data.experiment, "storage": data.storage,
+                 "objectives": list(data.objectives), "counts": data.counts,
                  "front": [{"trial": r.number, "name": r.attrs.get("spec_name"), "hash": r.attrs.get("spec_hash"),
                             **r.values} for r in data.front],
                  "knee": None if data.knee is None else data.knee.number, "hv_reference": data.ref}
     c = data.counts
-    page.note(f"experiment <code>{_esc(data.experiment)}</code> · fingerprint <code>{_esc(data.fingerprint)}</code>"
+    page.note(f"{made_from(data)} · fingerprint <code>{_esc(data.fingerprint)}</code>"
               f" · {c.get(TRAINED, 0)} networks trained, {c.get('reused', 0)} reused, {c.get(OVER_BUDGET, 0)} over "
               f"budget, {c.get(OUT_OF_MEMORY, 0)} out of memory, {c.get('failed', 0)} failed, {data.pruned} pruned"
               f"{', ' + str(c['running']) + ' running' if c.get('running') else ''} · "
@@ -748,7 +462,7 @@ def study_report(data: StudyData, environment: dict | None = None) -> str:
         if data.knee is not None:
             page.note(f"The knee (the balanced point, closest to the ideal after scaling each objective to [0, 1]) is "
                       f"trial {data.knee.number}, <code>{_esc(data.knee.attrs.get('spec_name'))}</code>: "
-                      f"<code>resnext-nas export {_esc(data.experiment)} --pick knee --out knee.yaml</code> writes "
+                      f"<code>{_esc(export_command(data))} --pick knee --out knee.yaml</code> writes "
                       "it as a YAML that <code>space.load_spec</code> rebuilds. Other points: "
                       "<code>--pick max-accuracy</code>, <code>min-params</code>, <code>min-latency</code> or a bound "
                       "such as <code>'params&lt;=1e6'</code>; each is named below by trial and hash.")
@@ -857,28 +571,6 @@ def study_report(data: StudyData, environment: dict | None = None) -> str:
     return page.render(_plotly_js())
 
 
-def common_reference(datas: list[StudyData]) -> dict[str, float]:
-    """One reference point for several studies: their common objectives, each at its worst reference.
-
-    Accuracy keeps 0; each cost takes the largest of the studies' references, so every study's
-    front lies inside it and the hypervolumes compare.
-    """
-    common = [o for o in datas[0].ref if all(o in d.ref for d in datas)]
-    return {o: (min if o == "val_accuracy" else max)(d.ref[o] for d in datas) for o in common}
-
-
-def recipe_differences(datas: list[StudyData]) -> list[tuple[str, list]]:
-    """(key, [value per study]) for every recipe key whose value differs between the studies."""
-    keys = sorted(set().union(*(d.recipe for d in datas)))
-    missing = object()
-    out = []
-    for k in keys:
-        vals = [d.recipe.get(k, missing) for d in datas]
-        if any(v != vals[0] for v in vals[1:]):
-            out.append((k, ["(absent)" if v is missing else v for v in vals]))
-    return out
-
-
 def compare_report(datas: list[StudyData], environment: dict | None = None) -> str:
     """The HTML report comparing several studies."""
     labels = [d.label for d in datas]
@@ -889,10 +581,10 @@ def compare_report(datas: list[StudyData], environment: dict | None = None) -> s
     own = {d.label: hv_series(d) for d in datas}
     common = {d.label: hv_series(d, ref) for d in datas}
     page.data["hypervolume"] = common
-    page.table(["study", "experiment", "objectives", "trained", "front", "knee", "hypervolume (own reference)",
+    page.table(["study", "made from", "objectives", "trained", "front", "knee", "hypervolume (own reference)",
                 "hypervolume (common reference)"],
                [[f'<span style="color:{COLORS[i % len(COLORS)]}">&#9632;</span> {_esc(d.label)}',
-                 f"<code>{_esc(d.experiment)}</code>", _esc(", ".join(d.objectives)), d.counts.get(TRAINED, 0),
+                 made_from(d), _esc(", ".join(d.objectives)), d.counts.get(TRAINED, 0),
                  len(d.front), "-" if d.knee is None else f"trial {d.knee.number} <code>"
                  f"{_esc(d.knee.attrs.get('spec_name'))}</code>",
                  f"{own[d.label]['hv'][-1]:.4f}" if own[d.label]["hv"] else "-",
@@ -950,8 +642,7 @@ def compare_report(datas: list[StudyData], environment: dict | None = None) -> s
     else:
         page.note("The studies share no objective with a reference point: no common hypervolume.", "warn")
 
-    trained_cx = [float(r.attrs.get("params") or 1) for d in datas for r in d.trained]
-    cx_range = (min(trained_cx), max(trained_cx)) if trained_cx else (1.0, 1.0)
+    cx_range = complexity_range(datas)
     dss = [(d.label, design_space(d.trained, cx_range=cx_range)) for d in datas]
     page.data["design_space"] = {label: ds for label, ds in dss}
     page.section("design-space", "Design spaces", "Error EDFs of each study's trained networks, raw and normalised "
@@ -1006,24 +697,18 @@ def write_report(datas: list[StudyData], out: str | Path) -> Path:
     return out
 
 
-def unique_labels(names: list[str], experiments: list[str]) -> list[str]:
-    """Study names, with the experiment file's stem added where two are equal."""
-    counts = Counter(names)
-    return [n if counts[n] == 1 else f"{n} ({Path(e).stem})" for n, e in zip(names, experiments, strict=True)]
-
-
 def log_report(summary, cfg: ExperimentConfig, experiment: str | None = None) -> None:
     """Write the study's report as ``report.html`` on its parent run (never raises).
 
     Args:
         summary: ``search.results.Summary`` at the end of the study (its study, tracker, parent run).
         cfg: the experiment.
-        experiment: the experiment file's path for the export hint (default: ``EXP.yaml``).
+        experiment: the experiment file the report names (default: the file ``cfg`` was read from).
     """
     if summary.parent_id is None:
         return
     try:
-        text = study_report(collect(summary.study, cfg, experiment or "EXP.yaml"))
+        text = study_report(collect(summary.study, cfg, experiment))
     except Exception as e:  # the report is a view: it must never fail a study
         print(f"warning: the study report was not made ({type(e).__name__}: {e})", file=sys.stderr)
         return

@@ -4,11 +4,14 @@ A study is one recipe. ``recipe(cfg)`` lists everything that changes a trial's r
 space, objectives, constraints, data, every training setting, the latency protocol, the device
 type, the study seed); it is recorded on the study when the study is made, and a later run
 with another recipe is refused with the fields that differ. What may change between runs of
-one study: ``RESUMABLE``.
+one study: ``RESUMABLE``. A command that only reads a study (``pareto``, ``report``, ``export``)
+takes the recorded recipe instead (``read_study``): it needs the study's name, and an
+experiment file only has to describe the same design space.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import optuna
 
-from search.config import ExperimentConfig
+from search.config import ExperimentConfig, experiment_from_dict
 from search.errors import error_line, redact
 from space.errors import SpecError
 
@@ -177,12 +180,15 @@ def sampler_seed(study_seed: int, salt: str) -> int:
 def _check_recipe(study: optuna.Study, cfg: ExperimentConfig, url: str, reading: bool) -> None:
     recorded = study.user_attrs.get("recipe")
     if recorded is None:
-        if "fingerprint" in study.user_attrs:  # made by a version that recorded less
+        if "fingerprint" in study.user_attrs and not reading:  # made by a version that recorded less
             raise SpecError(f"study '{study.study_name}' in {redact(url)} was made by an older resnext-nas that "
                             "did not record its full recipe, so its results cannot be checked against this one; "
                             "start a new study: --set search.study_name=NEW")
         return
-    diff = recipe_diff(recorded, recipe(cfg, recorded if reading else None), reading)
+    if reading:
+        _check_space(study, cfg, url, recorded)
+        return
+    diff = recipe_diff(recorded, recipe(cfg))
     if diff:
         raise SpecError(
             f"study '{study.study_name}' in {redact(url)} was run with another recipe, and results are only "
@@ -192,12 +198,107 @@ def _check_recipe(study: optuna.Study, cfg: ExperimentConfig, url: str, reading:
         )
 
 
+def _check_space(study: optuna.Study, cfg: ExperimentConfig, url: str, recorded: dict) -> None:
+    """Refuse an experiment whose design space is not the study's: the file names another study."""
+    current = recipe(cfg, recorded)
+    diff = [line for line in recipe_diff(recorded, current, reading=True) if line.startswith("space.")]
+    if diff:
+        raise SpecError(
+            f"{cfg.source or 'the experiment'} describes another design space than study '{study.study_name}' in "
+            f"{redact(url)}: " + "; ".join(diff) + ". A read takes everything else from the study's recorded "
+            f"recipe; name the study's own experiment file, or read it by name: --study {study.study_name}")
+
+
+def experiment_of(recorded: dict, study_name: str, storage_url: str,
+                  base: ExperimentConfig | None = None) -> ExperimentConfig:
+    """The experiment a study was run with, rebuilt from its recorded recipe (``recipe``), for reading it.
+
+    What the recipe leaves out (where the data's files are, tracking, the sampler) comes from
+    ``base``, the experiment file the study is read with, or from the defaults; everything the
+    recipe holds (space, objectives, constraints, data, training, latency protocol, seed) is the
+    study's, whatever ``base`` or its ``--set`` overrides say.
+
+    Args:
+        recorded: the study's recorded recipe (``study.user_attrs["recipe"]``).
+        study_name: the study's name.
+        storage_url: its storage.
+        base: the experiment file the study is read with, if any.
+
+    Raises:
+        SpecError: the recipe does not read as an experiment of this version.
+    """
+    tree: dict = {}
+    for key, value in {**ADDED, **recorded}.items():
+        if key.endswith(".device_type"):  # derived from the device, not a key of the file
+            continue
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    raw = json.loads(json.dumps(base.raw)) if base is not None else {}
+    for section in ("data", "constraints", "train", "latency"):
+        raw[section] = {**(raw.get(section) or {}), **tree.get(section, {})}
+    search = raw.get("search") or {}
+    raw["search"] = {**{k: search[k] for k in ("sampler", "heartbeat_s") if k in search},
+                     **tree.get("search", {}), "study_name": study_name, "storage": storage_url}
+    raw["space"], raw["objectives"] = tree.get("space", {}), tree.get("objectives")
+    try:
+        cfg = experiment_from_dict(raw, name=base.name if base is not None else study_name)
+    except SpecError as e:
+        raise SpecError(f"the recorded recipe of study '{study_name}' does not read as an experiment of this "
+                        f"version ({e}); read it with its experiment file") from None
+    return dataclasses.replace(cfg, source=base.source if base is not None else None)
+
+
+def read_study(study_name: str, storage_url: str, base: ExperimentConfig | None = None
+               ) -> tuple[optuna.Study, ExperimentConfig]:
+    """Open a study only to read it, with the experiment it was run with.
+
+    A read needs only the study: the experiment is its recorded recipe (``experiment_of``), so
+    a study run with ``--set`` overrides reads without them. ``base``, the experiment file named
+    by the user, must describe the study's design space (else it names another study).
+
+    Args:
+        study_name: the study's name.
+        storage_url: its Optuna storage.
+        base: the experiment file it is read with, if any.
+
+    Raises:
+        SpecError: no such study (the message lists the studies there), ``base`` describes
+            another space, or the study recorded no recipe and no experiment file was given.
+    """
+    url = storage_url
+    missing = f"no study '{study_name}' in {redact(url)}"
+    for scheme, kind in (("journal:", "journal file"), ("sqlite:///", "SQLite file")):
+        if url.startswith(scheme) and not Path(url[len(scheme):]).is_file():  # opening would create it
+            raise SpecError(f"{missing} (no such {kind}); run `resnext-nas search` first")
+    storage = open_storage(url, base.search.heartbeat_s if base is not None else 30)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        there = f"; studies there: {', '.join(sorted(names))}" if names else ""
+        raise SpecError(f"{missing}{there}; run `resnext-nas search` first, or name one of them") from None
+    except Exception as e:
+        raise SpecError(f"cannot read the study storage {redact(url)}: {error_line(e)}") from None
+    recorded = study.user_attrs.get("recipe")
+    if recorded is None:
+        if base is None:
+            raise SpecError(f"study '{study_name}' in {redact(url)} was made by an older resnext-nas that did not "
+                            "record its recipe; read it with its experiment file")
+        return study, base
+    if base is not None:
+        _check_space(study, base, url, recorded)
+    return study, experiment_of(recorded, study_name, url, base)
+
+
 def find_study(cfg: ExperimentConfig, storage_url: str | None = None, *,
                on_stale: Callable | None = None, reading: bool = False) -> optuna.Study | None:
     """The experiment's study if the storage has one (its recipe checked), else None; creates nothing.
 
-    ``reading``: the caller only reads the study (no trial will run here), so an ``auto``
-    device is checked as the device type the study ran on (``recipe``).
+    ``reading``: the caller only reads the study (no trial will run here), so only its design
+    space is checked: everything else a read takes from the recorded recipe (``read_study``).
 
     Raises:
         SpecError: the storage cannot be opened, or the study was run with another recipe.

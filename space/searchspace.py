@@ -74,18 +74,18 @@ FIXED = {"stem": str, "input_size": int, "in_ch": int, "num_classes": int, "expa
 class SearchSpace:
     """Dimensions to sample plus the fixed fields every sampled NetSpec shares."""
 
-    num_stages: Dim = Dim((3,))
-    stem_ch: Dim = Dim((16, 32))
-    bottleneck_ch: Dim = Dim((16, 32))
-    channel_mult: Dim = Dim((2,))
-    cardinality: Dim = Dim((1, 2, 4, 8))
-    base_width: Dim = Dim((4, 8))
-    depth: Dim = Dim((1, 2))
-    stem: str = "cifar"
-    input_size: int = 32
-    in_ch: int = 3
-    num_classes: int = 10
-    expansion: int = 4
+    num_stages: Dim = Dim((3,))  # stages; each stage after the first halves the resolution
+    stem_ch: Dim = Dim((16, 32))  # channels out of the stem conv
+    bottleneck_ch: Dim = Dim((16, 32))  # bottleneck channels of the first stage ("planes")
+    channel_mult: Dim = Dim((2,))  # bottleneck channels multiply by this at every stage
+    cardinality: Dim = Dim((1, 2, 4, 8))  # groups of the 3x3 conv, one value per network
+    base_width: Dim = Dim((4, 8))  # channels per group at bottleneck_ch = 64 (the "d" of 32x4d)
+    depth: Dim = Dim((1, 2))  # blocks per stage (each stage sampled on its own)
+    stem: str = "cifar"  # cifar (3x3 conv, stride 1) | imagenet (7x7/2 conv + 3x3/2 max-pool)
+    input_size: int = 32  # pixels; taken from the data (data.input_size or the dataset's size)
+    in_ch: int = 3  # image channels; taken from the dataset
+    num_classes: int = 10  # classes; taken from the dataset
+    expansion: int = 4  # block output channels = bottleneck channels * expansion
 
     def __post_init__(self) -> None:
         if not isinstance(self.stem, str) or self.stem not in STEM_STRIDE:

@@ -190,6 +190,50 @@ def test_ui_prints_the_fronts_address_and_marks_the_experiment(study, ui):
     assert sorted(r.info.run_name for r in runs) == sorted(run_name(r) for r in study["front"])
 
 
+def process_tree(pid: int) -> dict[int, str]:
+    """``pid`` and its descendants (Linux /proc): pid -> command line."""
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1]) if entry.name.isdigit() else None
+        except OSError:
+            continue
+        if ppid is not None:
+            kids.setdefault(ppid, []).append(int(entry.name))
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            out[p] = (Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+        todo += kids.get(p, [])
+    return out
+
+
+def test_the_ui_starts_only_what_browsing_needs(ui):
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc (Linux) to read the server's processes")
+    procs = process_tree(ui["server"].proc.pid)
+    # MLflow's job runner (huey consumers) starts with the server when it is enabled: none here
+    assert not [c for c in procs.values() if "huey" in c or "_job_runner" in c], procs
+    # the command became the mlflow server (exec), which runs one uvicorn worker
+    assert len(procs) == 2 and "mlflow" in procs[ui["server"].proc.pid] and "--workers 1" in \
+        procs[ui["server"].proc.pid], procs
+
+
+def test_the_logged_report_names_its_experiment_file(study):
+    from mlflow.artifacts import download_artifacts
+
+    from search.config import load_experiment
+
+    cfg = load_experiment(study["yaml"])
+    page = Path(download_artifacts(run_id=study["summary"].parent_id, artifact_path="report.html",
+                                   tracking_uri=cfg.tracking.uri, dst_path=str(study["dir"] / "got"))).read_text()
+    assert f"experiment <code>{study['yaml']}</code>" in page and "EXP.yaml" not in page
+    assert f"resnext-nas export {study['yaml']} --pick knee" in page
+
+
 def chromium(url: str, out: Path, name: str, budget_ms: int = 20000) -> str:
     """Load ``url`` in headless Chromium; returns the rendered DOM and writes ``name``.png."""
     profile = out / f"profile-{name}"

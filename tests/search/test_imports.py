@@ -21,7 +21,8 @@ from space.errors import SpecError
 from .conftest import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[2]
-READ_ONLY = "import search.cli, search.config, search.pareto, search.results, search.storage, space"
+READ_ONLY = ("import search.analysis, search.cli, search.config, search.pareto, search.results, search.storage, "
+             "space")
 
 
 def run_python(code: str, *flags: str) -> subprocess.CompletedProcess:

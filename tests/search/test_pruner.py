@@ -68,7 +68,7 @@ def test_the_epoch_budget_stops_the_study_and_is_logged(pruned_study):
     assert fresh and all(r.data.metrics["train_time_s"] > 0 for r in fresh)  # a stop's training time counts
     totals = client.get_run(parent).data.metrics  # the study's spend, on its parent run
     assert totals["epochs_spent"] == pytest.approx(used) and totals["train_seconds"] > 0
-    from search.report import collect, hv_series
+    from search.analysis import collect, hv_series
 
     curve = hv_series(collect(summary.study, cfg))  # the report's compute curve counts the stopped trials too
     last_done = max(r.number for r in summary.rows)

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from benchmarks.report import synthetic_study
-from search import report
+from search import analysis, report
 from search.cli import main
-from search.config import experiment_from_dict
+from search.config import experiment_from_dict, load_experiment
 from search.pareto import pick
 from search.results import finished_rows, front_table, hypervolume_by_trial, pareto_rows, trained_rows
 from search.storage import load_study
@@ -98,13 +98,23 @@ def synthetic(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("synthetic")
     cfg, exp = synthetic_study(tmp, 300, seed=1)
     study = load_study(cfg)
-    data = report.collect(study, cfg, str(exp))
+    data = analysis.collect(study, cfg, str(exp))
     return cfg, exp, data, report.study_report(data, {"env": "test"})
 
 
-def test_design_space_numbers_match_a_direct_computation(synthetic):
+def test_the_page_renders_the_analysis_numbers(synthetic):
     _, _, data, text = synthetic
-    ds = page_data(text)["design_space"]
+    blob = page_data(text)
+    assert blob["design_space"] == json.loads(json.dumps(analysis.design_space(data.trained)))
+    assert blob["hypervolume"] == json.loads(json.dumps(analysis.hv_series(data)))
+    assert blob["importance"] == json.loads(json.dumps(analysis.importance(data)[0]))
+    assert blob["knee"] == data.knee.number
+    assert sorted(f["trial"] for f in blob["front"]) == sorted(r.number for r in data.front)
+
+
+def test_design_space_numbers_match_a_direct_computation(synthetic):
+    _, _, data, _ = synthetic
+    ds = analysis.design_space(data.trained)
     trained = data.trained
     errors = np.array([1 - r.values["val_accuracy"] for r in trained])
     groups = np.array([r.spec["stages"][0]["groups"] for r in trained])
@@ -117,9 +127,9 @@ def test_design_space_numbers_match_a_direct_computation(synthetic):
         assert curve["min"] == pytest.approx(sel.min())
     # the normalised EDF gives every non-empty complexity bin the same total weight
     params = np.array([r.attrs["params"] for r in trained], dtype=float)
-    w = report.complexity_weights(params, params.min(), params.max())
-    edges = np.linspace(np.log10(params.min()), np.log10(params.max()), report.COMPLEXITY_BINS + 1)
-    ids = np.clip(np.searchsorted(edges, np.log10(params), side="right") - 1, 0, report.COMPLEXITY_BINS - 1)
+    w = analysis.complexity_weights(params, params.min(), params.max())
+    edges = np.linspace(np.log10(params.min()), np.log10(params.max()), analysis.COMPLEXITY_BINS + 1)
+    ids = np.clip(np.searchsorted(edges, np.log10(params), side="right") - 1, 0, analysis.COMPLEXITY_BINS - 1)
     per_bin = [w[ids == b].sum() for b in np.unique(ids)]
     assert per_bin == pytest.approx([1 / len(per_bin)] * len(per_bin))
     assert ds["all"]["cum_norm"][-1] == pytest.approx(1.0)
@@ -127,11 +137,11 @@ def test_design_space_numbers_match_a_direct_computation(synthetic):
 
 
 def test_good_ranges_contain_the_best_networks_value(synthetic):
-    _, _, data, text = synthetic
-    ds = page_data(text)["design_space"]
+    _, _, data, _ = synthetic
+    ds = analysis.design_space(data.trained)
     best = min(data.trained, key=lambda r: 1 - r.values["val_accuracy"])
     assert ds["best"]["trial"] == best.number
-    dims = report.dimensions(best.spec)
+    dims = analysis.dimensions(best.spec)
     checked = 0
     for name, g in ds["good"].items():
         if name in dims:
@@ -139,15 +149,16 @@ def test_good_ranges_contain_the_best_networks_value(synthetic):
             checked += 1
     assert checked >= 5
     # a narrow range is possible: the bootstrap is not just the whole range of every dimension
-    errors, values = report.design_matrix(data.trained)
-    ranges = report.good_ranges(errors, values, n_boot=500, seed=3)
+    errors, values = analysis.design_matrix(data.trained)
+    ranges = analysis.good_ranges(errors, values, n_boot=500, seed=3)
     assert ranges.keys() == values.keys()
     assert any(r["hi"] - r["lo"] < np.nanmax(values[k]) - np.nanmin(values[k]) for k, r in ranges.items())
 
 
 def test_importance_outcomes_and_failures(synthetic):
     _, _, data, text = synthetic
-    scores = page_data(text)["importance"]
+    scores, note = analysis.importance(data)
+    assert "PED-ANOVA on" in note
     assert scores and sum(scores.values()) == pytest.approx(1.0, abs=1e-6)
     assert "channel_mult" not in scores  # fixed in this space: it cannot matter
     assert "cardinality" in scores
@@ -155,10 +166,22 @@ def test_importance_outcomes_and_failures(synthetic):
         count = data.counts[outcome]
         assert count > 0
         assert f"<td>{outcome.replace('_', ' ')}</td><td>{count}</td>" in text
+    assert any(f["kind"] == "nan_loss" and f["count"] > 0 for f in data.failures)
     assert "FloatingPointError: the training loss became NaN" in text
     assert "OutOfMemoryError" in text
     # infeasible proposals are drawn (muted) with the front
     assert re.search(r"infeasible / never trained \(\d+\)", text)
+
+
+def test_projected_front_is_the_front_of_two_objectives(synthetic):
+    _, _, data, _ = synthetic
+    proj = analysis.projected_front(data, "params", "val_accuracy")
+    assert 0 < len(proj) <= len(data.front)
+    assert [r.values["params"] for r in proj] == sorted(r.values["params"] for r in proj)
+    for r in data.front:  # a front network is off the staircase iff one on it is at least as good on both
+        beaten = any(p.values["params"] <= r.values["params"] and p.values["val_accuracy"] >= r.values["val_accuracy"]
+                     and p is not r for p in proj)
+        assert (r in proj) != beaten
 
 
 def test_compare_two_studies(tmp_path):
@@ -194,12 +217,16 @@ def test_report_errors_are_one_line(tmp_path, capsys):
 
 
 def test_log_report_logs_the_page_and_never_raises(synthetic, capsys):
-    cfg, _, data, _ = synthetic
+    _, exp, data, _ = synthetic
+    cfg = load_experiment(exp)  # as a command reads it: the report names this file
     logged = []
-    tracker = SimpleNamespace(log_text=lambda run, text, name: logged.append((run, name, len(text))))
+    tracker = SimpleNamespace(log_text=lambda run, text, name: logged.append((run, name, text)))
     summary = SimpleNamespace(study=data.study, parent_id="run1", tracker=tracker)
-    report.log_report(summary, cfg, "exp.yaml")
-    assert logged and logged[0][:2] == ("run1", "report.html") and logged[0][2] > 1e6
+    report.log_report(summary, cfg)
+    assert logged and logged[0][:2] == ("run1", "report.html") and len(logged[0][2]) > 1e6
+    text = logged[0][2]
+    assert f"experiment <code>{exp}</code>" in text and f"resnext-nas export {exp} --pick knee" in text
+    assert "EXP.yaml" not in text and page_data(text)["experiment"] == str(exp)
     report.log_report(SimpleNamespace(study=data.study, parent_id=None, tracker=tracker), cfg)
     assert len(logged) == 1  # no parent run: nothing
     broken = SimpleNamespace(study=None, parent_id="run1", tracker=tracker)
@@ -209,10 +236,10 @@ def test_log_report_logs_the_page_and_never_raises(synthetic, capsys):
 
 
 def test_edf_and_weights_units():
-    e, f = report.edf(np.array([0.3, 0.1, 0.2, 0.2]))
+    e, f = analysis.edf(np.array([0.3, 0.1, 0.2, 0.2]))
     assert e == [0.1, 0.2, 0.2, 0.3] and f == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    e, f = report.edf(np.array([0.3, 0.1]), np.array([3.0, 1.0]))
+    e, f = analysis.edf(np.array([0.3, 0.1]), np.array([3.0, 1.0]))
     assert f == pytest.approx([0.25, 1.0])
-    w = report.complexity_weights(np.array([1e3, 1e3, 1e3, 1e6]), 1e3, 1e6, bins=3)
+    w = analysis.complexity_weights(np.array([1e3, 1e3, 1e3, 1e6]), 1e3, 1e6, bins=3)
     assert w.tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2])
     assert math.isclose(w.sum(), 1.0)
