@@ -56,6 +56,7 @@ STRATEGIES = {  # name -> (sampler, pruner)
     "random": ("random", False),
     "tpe": ("tpe", False),
     "nsga2": ("nsga2", False),
+    "costaware": ("costaware", False),
     "random+asha": ("random", True),
     "tpe+asha": ("tpe", True),
 }
