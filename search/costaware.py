@@ -35,9 +35,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.pareto import hypervolume, non_dominated
 from space import SearchSpace, complexity
-from space.spec import NetSpec
+from space.analytic import Complexity
 
-STATIC = {"params": "max_params", "macs": "max_macs"}  # objective / cost -> the constraint bounding it
+STATIC = ("params", "macs")  # costs known exactly before a network is built
+MAX_FIT = 400  # trained networks the surrogate is fitted on, at most
 
 
 def features(space: SearchSpace, params: dict) -> list[float]:
@@ -99,7 +100,7 @@ class CostAwareSampler(optuna.samplers.BaseSampler):
 
     # -- the choice ----------------------------------------------------------------------------
 
-    def _draw(self, rng: random.Random, tried: set[str]) -> list[tuple[dict, NetSpec]]:
+    def _draw(self, rng: random.Random, tried: set[str]) -> list[tuple[dict, Complexity]]:
         """Random networks within the static budgets that no trial has tried, each once."""
         out, seen = [], set(tried)
         for _ in range(self.candidates):
@@ -111,7 +112,7 @@ class CostAwareSampler(optuna.samplers.BaseSampler):
             cx = complexity(spec)
             if any(b is not None and getattr(cx, k) > b for k, b in self.budgets.items()):
                 continue
-            out.append((params, spec))
+            out.append((params, cx))
         return out
 
     def choose(self, study: optuna.Study, rng: random.Random) -> dict | None:
@@ -125,18 +126,19 @@ class CostAwareSampler(optuna.samplers.BaseSampler):
                 and self._feasible(t)]
         if len(done) < self.n_startup or "val_accuracy" not in self.objectives:
             return rng.choice(pool)[0]
-        x_done = np.array([features(self.space, t.params) for t in done])
+        fit = done[-MAX_FIT:]  # a Gaussian process costs n^3: fitted on the latest networks at most
+        x_fit = np.array([features(self.space, t.params) for t in fit])
         x_pool = np.array([features(self.space, p) for p, _ in pool])
         acc_i = self.objectives.index("val_accuracy")
-        mean, sd = _gp(x_done, np.array([t.values[acc_i] for t in done]), x_pool, self.seed)
+        mean, sd = _gp(x_fit, np.array([t.values[acc_i] for t in fit]), x_pool, self.seed)
         columns = []
         for i, name in enumerate(self.objectives):
             if name == "val_accuracy":
-                columns.append(-(mean + self.kappa * sd))
+                columns.append(-np.minimum(1.0, mean + self.kappa * sd))  # no accuracy above 1
             elif name in STATIC:
-                columns.append(np.array([float(getattr(complexity(s), name)) for _, s in pool]))
+                columns.append(np.array([float(getattr(cx, name)) for _, cx in pool]))
             else:  # latency_ms: predicted from the measured ones
-                columns.append(_loglinear(x_done, np.array([t.values[i] for t in done]), x_pool))
+                columns.append(_loglinear(x_fit, np.array([t.values[i] for t in fit]), x_pool))
         known = np.array([[-v if n == "val_accuracy" else v for v, n in zip(t.values, self.objectives, strict=True)]
                           for t in done])
         gains = _hv_gains(known, np.stack(columns, 1))
@@ -149,7 +151,7 @@ class CostAwareSampler(optuna.samplers.BaseSampler):
 
     def _feasible(self, t: FrozenTrial) -> bool:
         return t.values is not None and all(math.isfinite(v) for v in t.values) and all(
-            c <= 0 for c in t.system_attrs.get("constraints", ()))
+            c <= 0 for c in t.constraints.values())
 
 
 def _gp(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,4 +188,5 @@ def _hv_gains(known: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     front = norm(known[non_dominated(known.tolist())])
     ref = [1.1] * known.shape[1]
     base = hypervolume(front.tolist(), ref)
-    return np.array([hypervolume(np.vstack([front, c]).tolist(), ref) - base for c in norm(candidates)])
+    gains = np.array([hypervolume(np.vstack([front, c]).tolist(), ref) - base for c in norm(candidates)])
+    return np.where(gains > 1e-12, gains, 0.0)  # a point behind the front adds nothing, rounding aside

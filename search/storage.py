@@ -170,7 +170,7 @@ def make_sampler(cfg: ExperimentConfig, seed: int | None = None) -> optuna.sampl
         from search.costaware import CostAwareSampler
 
         return CostAwareSampler(cfg.space, cfg.objectives, max_params=cfg.constraints.max_params,
-                                max_macs=cfg.constraints.max_macs, seed=seed)
+                                max_macs=cfg.constraints.max_macs, seed=seed, n_startup=min(10, max(3, n // 3)))
     return optuna.samplers.RandomSampler(seed=seed)
 
 
