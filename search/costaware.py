@@ -137,8 +137,8 @@ class CostAwareSampler(optuna.samplers.BaseSampler):
                 columns.append(-np.minimum(1.0, mean + self.kappa * sd))  # no accuracy above 1
             elif name in STATIC:
                 columns.append(np.array([float(getattr(cx, name)) for _, cx in pool]))
-            else:  # latency_ms: predicted from the measured ones
-                columns.append(_loglinear(x_fit, np.array([t.values[i] for t in fit]), x_pool))
+            else:  # latency_ms: predicted from the measured ones, as optimistically as the accuracy
+                columns.append(_loglinear(x_fit, np.array([t.values[i] for t in fit]), x_pool, self.kappa))
         known = np.array([[-v if n == "val_accuracy" else v for v, n in zip(t.values, self.objectives, strict=True)]
                           for t in done])
         gains = _hv_gains(known, np.stack(columns, 1))
@@ -172,11 +172,14 @@ def _gp(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, seed: int) -> tuple[np.
     return mean, sd
 
 
-def _loglinear(x: np.ndarray, y: np.ndarray, x_new: np.ndarray) -> np.ndarray:
-    """A least-squares fit of log ``y`` on ``x``, predicted at ``x_new`` (positive ``y``)."""
+def _loglinear(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, kappa: float = 0.0) -> np.ndarray:
+    """A least-squares fit of log ``y`` on ``x`` (positive ``y``), predicted at ``x_new`` and lowered by
+    ``kappa`` standard deviations of the fit's residuals (an optimistic cost)."""
     a = np.c_[np.ones(len(x)), x]
-    coef = np.linalg.lstsq(a, np.log(np.maximum(y, 1e-9)), rcond=None)[0]
-    return np.exp(np.c_[np.ones(len(x_new)), x_new] @ coef)
+    log_y = np.log(np.maximum(y, 1e-9))
+    coef = np.linalg.lstsq(a, log_y, rcond=None)[0]
+    resid = float(np.std(log_y - a @ coef)) if len(y) > a.shape[1] else 0.0
+    return np.exp(np.c_[np.ones(len(x_new)), x_new] @ coef - kappa * resid)
 
 
 def _hv_gains(known: np.ndarray, candidates: np.ndarray) -> np.ndarray:
