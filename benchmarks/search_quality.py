@@ -56,6 +56,7 @@ STRATEGIES = {  # name -> (sampler, pruner)
     "random": ("random", False),
     "tpe": ("tpe", False),
     "nsga2": ("nsga2", False),
+    "costaware": ("costaware", False),
     "random+asha": ("random", True),
     "tpe+asha": ("tpe", True),
 }
@@ -81,8 +82,8 @@ def _init_worker(overrides, device: str, reference_ms: float | None) -> None:
     _WORKER.update(cfg=cfg, device=dev, splits=load_splits(cfg.data, dev), reference_ms=reference_ms)
 
 
-def _tabulate(spec) -> dict:
-    """One row: costs for every network; curve and latency for one within the budget."""
+def _tabulate(spec, seed: int = 0) -> dict:
+    """One row: costs for every network; curve and latency for one within the budget (``seed``'s training)."""
 
     from search.latency import measure_latency
     from search.objective import build_and_train
@@ -92,21 +93,37 @@ def _tabulate(spec) -> dict:
     cx = complexity(spec)
     row = {"hash": spec.hash, "name": spec.name, "params": cx.params, "macs": cx.macs}
     if cfg.constraints.max_params is None or cx.params <= cfg.constraints.max_params:
-        model, result = build_and_train(spec, _WORKER["splits"], cfg.train, device, 0)
-        lat = measure_latency(model, spec.in_ch, spec.input_size, cfg.latency, device, bf16=cfg.train.bf16,
-                              channels_last=cfg.train.nhwc(device), reference_ms=_WORKER["reference_ms"])
-        row.update(curve=[round(h.val_accuracy, 6) for h in result.history], latency_ms=lat.ms,
+        model, result = build_and_train(spec, _WORKER["splits"], cfg.train, device, seed)
+        row.update(curve=[round(h.val_accuracy, 6) for h in result.history],
                    train_time_s=round(result.train_time_s, 3))
+        if seed == 0:  # latency does not depend on the weights: measured once per network
+            row["latency_ms"] = measure_latency(
+                model, spec.in_ch, spec.input_size, cfg.latency, device, bf16=cfg.train.bf16,
+                channels_last=cfg.train.nhwc(device), reference_ms=_WORKER["reference_ms"]).ms
     return row
 
 
-def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu") -> dict:
+def noise_picks(rows: list[dict], n: int) -> list[str]:
+    """``n`` trained networks spread evenly over the ranks of their final accuracy (hashes)."""
+    trained = sorted((r for r in rows if "curve" in r), key=lambda r: r["curve"][-1])
+    return [trained[round(i * (len(trained) - 1) / max(1, n - 1))]["hash"] for i in range(min(n, len(trained)))]
+
+
+def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu", noise_nets: int = 8,
+          noise_seeds: int = 3) -> dict:
     """Train every network of the experiment's space within its budget once (seed 0); write the table.
 
-    The file is rewritten every 24 networks with ``"partial": true`` until the last one, so a build
-    cut short (a time limit) still leaves the rows it finished.
+    Then ``noise_nets`` of them, spread over the accuracy ranks, are trained again with seeds
+    ``1 .. noise_seeds - 1`` (``row["seeds"]``: the final accuracy of each seed), so the table
+    carries its own seed noise.
+
+    The file is rewritten with ``"partial": true`` after every trained network until the last
+    one, and a build started again on a partial table of the same recipe resumes: it trains only
+    the networks (and seeds) that are missing. The networks are trained in a seeded random order,
+    so a partial table is a random sample of the space.
     """
-    from concurrent.futures import ProcessPoolExecutor
+    import random
+    from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
     import torch
@@ -114,25 +131,51 @@ def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu") ->
     from search.latency import interleaves, reference_latency_ms
 
     cfg = experiment(overrides, device)
-    specs = cfg.space.enumerate()
-    # one latency unit for the whole table, as a study measures it once when it is made
-    unit = reference_latency_ms(cfg.latency) if interleaves(cfg.latency, cfg.latency.resolve(torch.device(device))) \
-        else None
-    table = {"experiment": str(EXPERIMENT.relative_to(ROOT)), "overrides": list(overrides),
-             "recipe": recipe(cfg), "seed": 0, "made": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-             "env": env_header(device).splitlines(), "latency_reference_ms": unit, "rows": []}
+    made = recipe(cfg)
+    old = json.loads(out.read_text()) if out.exists() else None
+    if old is not None and old.get("recipe") != made:
+        raise SystemExit(f"{out} holds a table of another recipe; pass another --table to build this one")
+    if old is not None and not old.get("partial"):
+        print(f"table:       {out} is complete ({len(old['rows'])} networks); delete it to build it again")
+        return old
+    if old is None:  # one latency unit for the whole table, as a study measures it once when it is made
+        unit = reference_latency_ms(cfg.latency) if interleaves(cfg.latency, cfg.latency.resolve(
+            torch.device(device))) else None
+        old = {"experiment": str(EXPERIMENT.relative_to(ROOT)), "overrides": list(overrides), "recipe": made,
+               "seed": 0, "made": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "env": env_header(device).splitlines(), "latency_reference_ms": unit, "rows": [],
+               "build_s": 0.0}
+    table = {**old, "partial": True}
+    rows = {r["hash"]: r for r in table["rows"]}
+    specs = [s for s in cfg.space.enumerate() if s.hash not in rows]
+    random.Random(0).shuffle(specs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, spent, total = time.perf_counter(), table.get("build_s", 0.0), len(rows) + len(specs)
+
+    def save(partial: bool) -> None:
+        table.update(rows=list(rows.values()), partial=partial, build_s=round(spent + time.perf_counter() - t0, 1))
+        out.write_text(json.dumps(table, indent=0))
+
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(overrides, device, unit)) as pool:
-        for i, row in enumerate(pool.map(_tabulate, specs)):
-            table["rows"].append(row)
-            if (i + 1) % 24 == 0 and i + 1 < len(specs):
-                out.write_text(json.dumps({**table, "partial": True}, indent=0))
-                print(f"  {i + 1}/{len(specs)} networks, {time.perf_counter() - t0:.0f} s", flush=True)
-    out.write_text(json.dumps(table, indent=0))
-    print(f"table:       {out} ({len(specs)} networks, {sum('curve' in r for r in table['rows'])} trained, {jobs} "
-          f"processes on {device}) in {time.perf_counter() - t0:.0f} s")
+                             initargs=(overrides, device, table["latency_reference_ms"])) as pool:
+        for job in as_completed([pool.submit(_tabulate, s) for s in specs]):
+            row = job.result()
+            rows[row["hash"]] = row
+            if "curve" in row:
+                save(partial=True)
+                print(f"  {len(rows)}/{total} networks, {time.perf_counter() - t0:.0f} s", flush=True)
+        by_hash = {s.hash: s for s in cfg.space.enumerate()}
+        extra = {pool.submit(_tabulate, by_hash[h], seed): (h, seed)
+                 for h in noise_picks(list(rows.values()), noise_nets) for seed in range(1, noise_seeds)
+                 if str(seed) not in rows[h].get("seeds", {})}
+        for job in as_completed(extra):
+            h, seed = extra[job]
+            rows[h].setdefault("seeds", {"0": rows[h]["curve"][-1]})[str(seed)] = job.result()["curve"][-1]
+            save(partial=True)
+    save(partial=False)
+    n_trained = sum("curve" in r for r in rows.values())
+    print(f"table:       {out} ({len(rows)} networks, {n_trained} trained, {jobs} processes on {device}) in "
+          f"{table['build_s']:.0f} s of building")
     return table
 
 

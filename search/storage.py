@@ -169,6 +169,11 @@ def make_sampler(cfg: ExperimentConfig, seed: int | None = None) -> optuna.sampl
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n // 4)))
     if s.sampler == "grid":
         return optuna.samplers.GridSampler(cfg.space.grid(), seed=seed)
+    if s.sampler == "costaware":
+        from search.costaware import CostAwareSampler
+
+        return CostAwareSampler(cfg.space, cfg.objectives, max_params=cfg.constraints.max_params,
+                                max_macs=cfg.constraints.max_macs, seed=seed, n_startup=min(10, max(3, n // 3)))
     return optuna.samplers.RandomSampler(seed=seed)
 
 

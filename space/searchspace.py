@@ -159,7 +159,13 @@ class SearchSpace:
 
     def sample(self, rng: random.Random) -> NetSpec:
         """Sample a NetSpec uniformly per dimension, without Optuna."""
-        return self._build(lambda name, dim: rng.choice(dim.choices))
+        return self.from_params(self.sample_params(rng))
+
+    def sample_params(self, rng: random.Random) -> dict[str, int]:
+        """One uniform draw per dimension, as the parameters a trial records (``from_params`` rebuilds it)."""
+        params: dict[str, int] = {}
+        self._build(lambda name, dim: params.setdefault(name, rng.choice(dim.choices)))
+        return params
 
     def from_params(self, params: dict) -> NetSpec:
         """Rebuild the NetSpec of a trial from its parameters (``trial.params``)."""
