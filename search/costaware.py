@@ -39,6 +39,7 @@ from space.analytic import Complexity
 
 STATIC = ("params", "macs")  # costs known exactly before a network is built
 MAX_FIT = 400  # trained networks the surrogate is fitted on, at most
+REFIT_GROWTH = 1.25  # the surrogate's hyperparameters are optimised again when its data grew by this factor
 
 
 def features(space: SearchSpace, params: dict) -> list[float]:
@@ -75,6 +76,7 @@ class CostAwareSampler(optuna.samplers.BaseSampler):
         self.candidates, self.n_startup, self.kappa = candidates, n_startup, kappa
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self._chosen: dict[int, dict] = {}
+        self._kernel, self._fitted_on = None, 0  # the surrogate's hyperparameters, and on how many networks
 
     # -- Optuna's sampler interface ---------------------------------------------------------------
 
@@ -130,7 +132,11 @@ class CostAwareSampler(optuna.samplers.BaseSampler):
         x_fit = np.array([features(self.space, t.params) for t in fit])
         x_pool = np.array([features(self.space, p) for p, _ in pool])
         acc_i = self.objectives.index("val_accuracy")
-        mean, sd = _gp(x_fit, np.array([t.values[acc_i] for t in fit]), x_pool, self.seed)
+        refit = len(fit) >= REFIT_GROWTH * self._fitted_on  # hyperparameters optimised again as the data grow
+        mean, sd, kernel = _gp(x_fit, np.array([t.values[acc_i] for t in fit]), x_pool, self.seed,
+                               None if refit else self._kernel)
+        if refit:
+            self._kernel, self._fitted_on = kernel, len(fit)
         columns = []
         for i, name in enumerate(self.objectives):
             if name == "val_accuracy":
@@ -154,22 +160,28 @@ class CostAwareSampler(optuna.samplers.BaseSampler):
             c <= 0 for c in t.constraints.values())
 
 
-def _gp(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of a Gaussian process of ``y`` over standardised ``x`` at ``x_new``."""
+def _gp(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, seed: int,
+        kernel=None) -> tuple[np.ndarray, np.ndarray, object]:
+    """Mean and standard deviation of a Gaussian process of ``y`` over standardised ``x`` at ``x_new``,
+    and its fitted kernel. Given a ``kernel`` (an earlier fit's), its hyperparameters are kept: only
+    the data change, and the fit is one Cholesky factorisation instead of an optimisation."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
     mu, scale = x.mean(0), x.std(0)
     scale[scale == 0] = 1
-    kernel = ConstantKernel(1.0) * Matern(length_scale=np.ones(x.shape[1]), length_scale_bounds=(1e-2, 1e3),
-                                          nu=2.5) + WhiteKernel(1e-2, (1e-6, 1.0))
-    gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=1, random_state=seed)
+    if kernel is None:
+        kernel = ConstantKernel(1.0) * Matern(length_scale=np.ones(x.shape[1]), length_scale_bounds=(1e-2, 1e3),
+                                              nu=2.5) + WhiteKernel(1e-2, (1e-6, 1.0))
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed)
+    else:
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, optimizer=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gp.fit((x - mu) / scale, y)
     mean, sd = gp.predict((x_new - mu) / scale, return_std=True)
-    return mean, sd
+    return mean, sd, gp.kernel_
 
 
 def _loglinear(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, kappa: float = 0.0) -> np.ndarray:
