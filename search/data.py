@@ -1,7 +1,7 @@
 """Datasets as tensors resident on the training device: split, normalise, augment, batch.
 
-No DataLoader: a whole dataset is loaded once (from sklearn, a generator or torchvision's
-on-disk arrays), split into stratified train/val parts of the *training* set, normalised
+No DataLoader: a whole dataset is loaded once (from sklearn, a generator, IDX files or
+torchvision's on-disk arrays), split into stratified train/val parts of the *training* set, normalised
 with the train part's per-channel mean/std, resized once, and moved to the device.
 Augmentation (random pad-and-crop, horizontal flip) and batching are batched tensor ops
 on that device, so nothing moves between host and device during training (airbench style).
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # the config section and the dataset table live in search.config (no torch); importable from here
+from search import sources
 from search.config import DATASETS, DataConfig, DatasetInfo, dataset_info  # noqa: F401
 from space import SpecError
 
@@ -123,8 +124,25 @@ def dataset_dir(cfg: DataConfig) -> str:
     return os.path.abspath(os.path.join(cfg.root, TORCHVISION[cfg.dataset][1]))
 
 
-def _torchvision(cfg: DataConfig, train: bool) -> tuple[Tensor, Tensor]:
-    """Read a torchvision dataset's arrays (``.data``, ``.targets``/``.labels``) into tensors."""
+def _fashionmnist(cfg: DataConfig, train: bool) -> tuple[Tensor, Tensor]:
+    """Fashion-MNIST from its gzip IDX files, read directly: torchvision's layout under ``root``, else
+    Debian's ``dataset-fashion-mnist``; only when neither is there, torchvision (and its download)."""
+    pair = sources.find_idx(cfg.root, train)
+    if pair is None:
+        package = f"nor in {sources.SYSTEM_FASHIONMNIST} (apt-get install dataset-fashion-mnist)"
+        return _torchvision(cfg, train, also=package)
+    x, y = sources.load_idx(*pair)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _torchvision(cfg: DataConfig, train: bool, also: str = "") -> tuple[Tensor, Tensor]:
+    """Read a torchvision dataset's arrays (``.data``, ``.targets``/``.labels``) into tensors.
+
+    Args:
+        cfg: the data config.
+        train: the training or the test set.
+        also: where else the dataset was looked for, for the message when it is missing.
+    """
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, TORCHVISION[cfg.dataset][0])
@@ -136,7 +154,7 @@ def _torchvision(cfg: DataConfig, train: bool) -> tuple[Tensor, Tensor]:
         how = ("the download failed" if cfg.download
                else "data.download is false")
         raise SpecError(
-            f"data.dataset '{cfg.dataset}': not found in {dataset_dir(cfg)} and {how} "
+            f"data.dataset '{cfg.dataset}': not found in {dataset_dir(cfg)}{' ' + also if also else ''} and {how} "
             f"({reason}). Put torchvision's files for it in that directory, or set "
             f"`download: true` on a machine with internet to fetch them."
         ) from e
@@ -163,6 +181,8 @@ def load_source(cfg: DataConfig, train: bool) -> tuple[Tensor, Tensor]:
         return _digits(train)
     if cfg.dataset == "synthetic":
         return _synthetic(train)
+    if cfg.dataset == "fashionmnist":
+        return _fashionmnist(cfg, train)
     return _torchvision(cfg, train)
 
 

@@ -188,6 +188,73 @@ def test_torchvision_dataset_loads_from_disk_without_download(tmp_path):
     assert small.train_x.shape[1:] == (1, 14, 14)
 
 
+def _write_gz_idx(path, arr: np.ndarray) -> None:
+    import gzip
+
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+                + arr.astype(np.uint8).tobytes())
+
+
+def test_fashionmnist_reads_gzip_idx_under_root_before_the_system_package(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 30), ("t10k", 20)):
+        _write_gz_idx(raw / f"{prefix}-images-idx3-ubyte.gz", np.full((n, 28, 28), 7))
+        _write_gz_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    cfg = DataConfig(dataset="fashionmnist", root=str(tmp_path), download=False)
+    x, y = load_source(cfg, train=True)
+    assert x.shape == (30, 1, 28, 28) and x.dtype == torch.uint8 and int(x.max()) == 7
+    assert y.dtype == torch.int64 and y.tolist() == [i % 10 for i in range(30)]
+    assert load_source(cfg, train=False)[0].shape == (20, 1, 28, 28)
+
+
+def test_truncated_idx_file_is_a_spec_error_naming_it(tmp_path):
+    from search.sources import read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    _write_idx(str(path), np.zeros((4, 28, 28)))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(SpecError, match="train-images-idx3-ubyte.*truncated"):
+        read_idx(path)
+    path.write_bytes(b"not an idx file")
+    with pytest.raises(SpecError, match="not an IDX file"):
+        read_idx(path)
+
+
+def test_fashionmnist_without_any_files_falls_back_to_torchvision_download(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    import search.sources
+
+    def offline(self):
+        raise URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(search.sources, "SYSTEM_FASHIONMNIST", str(tmp_path / "no-package"))
+    monkeypatch.setattr(tvd.FashionMNIST, "download", offline)
+    with pytest.raises(SpecError) as e:
+        load_source(DataConfig(dataset="fashionmnist", root=str(tmp_path), download=True), train=True)
+    msg = str(e.value)
+    assert "download failed" in msg and "name resolution" in msg and "dataset-fashion-mnist" in msg
+
+
+HAS_FASHIONMNIST_PACKAGE = all(os.path.isfile(os.path.join("/usr/share/datasets/fashion-mnist", f)) for f in (
+    "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz"))
+
+
+@pytest.mark.skipif(not HAS_FASHIONMNIST_PACKAGE, reason="SKIPPED LOUDLY: Debian's dataset-fashion-mnist is not "
+                    "installed (apt-get install dataset-fashion-mnist; .ci/run installs it where apt-get can)")
+def test_fashionmnist_from_the_debian_package_offline(tmp_path):
+    cfg = DataConfig(dataset="fashionmnist", root=str(tmp_path / "empty"), download=False)
+    x, y = load_source(cfg, train=True)
+    assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.uint8
+    assert torch.bincount(y).tolist() == [6000] * 10
+    xt, yt = load_source(cfg, train=False)
+    assert xt.shape == (10000, 1, 28, 28) and torch.bincount(yt).tolist() == [1000] * 10
+    assert not (tmp_path / "empty").exists()  # nothing downloaded or written
+
+
 def test_cifar_and_svhn_arrays_become_nchw_tensors(tmp_path, monkeypatch):
     """torchvision checks these files' md5 sums, so the check is bypassed for the fakes."""
     import pickle
