@@ -55,6 +55,9 @@ class DatasetInfo:
         size: default input size in pixels (the native size, except digits: 8 -> 16).
         flip: horizontal flips keep the label (False for digits, where a flip changes them).
         classes: the name of each class, in label order (empty: unnamed).
+        pixel_max: the white of the source's pixel scale: 255 for 8-bit images (kept uint8 on the
+            device, rounded to whole numbers after a resize), digits' 16, None for float data with
+            no 8-bit form.
     """
 
     in_ch: int
@@ -62,6 +65,7 @@ class DatasetInfo:
     size: int
     flip: bool
     classes: tuple[str, ...] = ()
+    pixel_max: float | None = 255.0
 
     def __post_init__(self) -> None:
         if self.classes and len(self.classes) != self.num_classes:
@@ -89,8 +93,8 @@ FASHIONMNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sa
 SYNTHETIC_NAMES = ("horizontal_stripes", "vertical_stripes", "checkers", "rings")  # drawn by search.data._synthetic
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(1, 10, 16, False, DIGIT_NAMES),  # sklearn's bundled 8x8 digits, upsampled to 16
-    "synthetic": DatasetInfo(3, 4, 16, True, SYNTHETIC_NAMES),  # generated, for tests
+    "digits": DatasetInfo(1, 10, 16, False, DIGIT_NAMES, 16.0),  # sklearn's 8x8 digits (0..16), upsampled to 16
+    "synthetic": DatasetInfo(3, 4, 16, True, SYNTHETIC_NAMES, None),  # generated float noise, for tests
     "cifar10": DatasetInfo(3, 10, 32, True, CIFAR10_NAMES),
     "cifar100": DatasetInfo(3, 100, 32, True, CIFAR100_NAMES),
     "mnist": DatasetInfo(1, 10, 28, False, DIGIT_NAMES),

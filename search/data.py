@@ -35,19 +35,22 @@ SYNTHETIC_TRAIN, SYNTHETIC_TEST = 640, 256
 
 @dataclass
 class Splits:
-    """Train and validation tensors on the device, normalised with the train split's stats.
+    """Train and validation tensors resident on the device; ``prepare`` makes a batch of them network input.
 
     Args:
-        train_x: float images, ``(N, C, S, S)``.
+        train_x: images ``(N, C, S, S)`` on the source's pixel scale (``to_resident``): uint8 where
+            the pixels are 8-bit, float32 otherwise; or already normalised float32 when ``normalised``.
         train_y: int64 labels, ``(N,)``.
-        val_x: float images, ``(M, C, S, S)``.
+        val_x: images ``(M, C, S, S)`` as ``train_x``.
         val_y: int64 labels, ``(M,)``.
         info: the dataset's DatasetInfo.
-        input_size: S.
-        mean: per-channel mean of the train split (raw pixel scale) used to normalise.
+        input_size: S, the side of the network's input.
+        mean: per-channel mean of the train split (raw pixel scale, input size) used to normalise.
         std: per-channel std of the train split used to normalise.
         pad: random-crop padding for training batches (0 = no crop).
         flip: random horizontal flips for training batches.
+        normalised: ``train_x``/``val_x`` are network input already (float32, resized and
+            normalised); ``prepare`` passes them through.
     """
 
     train_x: Tensor
@@ -60,6 +63,23 @@ class Splits:
     std: tuple[float, ...] = field(default=())
     pad: int = 0
     flip: bool = False
+    normalised: bool = False
+    _norm: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """A batch of resident images as the network takes it: float32, ``(x - mean) / std`` per channel
+        (a new tensor; the resident data is never changed); resized first if it is not ``input_size``.
+
+        The same steps, in the same order, as ``load_test`` and ``search.export.Preprocessing``.
+        """
+        if self.normalised:
+            return x
+        x = resize(x.float(), self.input_size)
+        if x.device not in self._norm:
+            self._norm[x.device] = tuple(torch.tensor(v, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+                                         for v in (self.mean, self.std))
+        mean, std = self._norm[x.device]
+        return (x - mean) / std
 
 
 # -- sources: (images (N, C, H, W) any numeric dtype on CPU, labels int64 (N,)) ------------------
@@ -226,16 +246,21 @@ def split_indices(labels: Tensor | np.ndarray, cfg: DataConfig) -> tuple[np.ndar
     return np.sort(train), np.sort(val)
 
 
+def resize(x: Tensor, size: int) -> Tensor:
+    """Float ``(N, C, H, W)`` resized to ``size`` (bilinear, ``align_corners=False``, antialiased when
+    shrinking); unchanged when it is that size already. ``search.export.Preprocessing`` does the same."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < min(h, w))
+
+
 def _to_device(x: Tensor, size: int, device: torch.device, chunk: int = 4096) -> Tensor:
     """Float copy of ``x`` on the device, resized to ``size`` (bilinear) in chunks."""
-    n, c, h, w = x.shape
+    n, c = x.shape[:2]
     out = torch.empty(n, c, size, size, device=device, dtype=torch.float32)
     for i in range(0, n, chunk):
-        part = x[i:i + chunk].to(device, non_blocking=False).float()
-        if (h, w) != (size, size):
-            part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False,
-                                 antialias=size < min(h, w))
-        out[i:i + chunk] = part
+        out[i:i + chunk] = resize(x[i:i + chunk].to(device, non_blocking=False).float(), size)
     return out
 
 
@@ -243,33 +268,132 @@ def _normalise_(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
 
-def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-    return mean, var.sqrt().clamp_min(1e-6)
+def to_resident(x: Tensor, size: int, device: torch.device, chunk: int = 4096) -> Tensor:
+    """``x`` as it stays on the device for a study, at the input size ``size``.
+
+    8-bit images (uint8) stay uint8, a quarter of float32's memory: resized (when their size is
+    not ``size``) in float, then rounded to whole numbers 0..255, as an image library's resize
+    gives 8-bit images. Anything else (digits' 0..16, float arrays) becomes float32, resized.
+    Either way ``Splits.prepare`` normalises each batch; ``search.export.Preprocessing`` repeats
+    these steps for one image.
+
+    Args:
+        x: images ``(N, C, H, W)`` on the CPU.
+        size: the input size.
+        device: where they go.
+    """
+    if x.dtype != torch.uint8:
+        return _to_device(x, size, device, chunk)
+    if x.shape[-2:] == (size, size):
+        return x.to(device)
+    out = torch.empty(len(x), x.shape[1], size, size, dtype=torch.uint8, device=device)
+    for i in range(0, len(x), chunk):
+        out[i:i + chunk] = round_8bit(resize(x[i:i + chunk].to(device).float(), size))
+    return out
+
+
+def round_8bit(x: Tensor) -> Tensor:
+    """Resized 8-bit pixels (float) back to whole numbers 0..255 (half-way rounds to even, as ``torch.round``)."""
+    return x.round_().clamp_(0, 255)
+
+
+def resized_stats(x: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of resident images (already at the input size), as floats.
+
+    uint8 images: in chunks, accumulated in float64 (no float copy of the set). float32 images:
+    ``torch.var_mean`` of the whole tensor, as the float path always computed them.
+
+    Args:
+        x: resident images ``(N, C, S, S)`` (``to_resident``), on any device.
+    """
+    if x.dtype != torch.uint8:
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        return tuple(mean.tolist()), tuple(var.sqrt().clamp_min(1e-6).tolist())
+    c = x.shape[1]
+    s1 = torch.zeros(c, dtype=torch.float64, device=x.device)
+    s2 = torch.zeros(c, dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), chunk):
+        part = x[i:i + chunk].double()
+        s1 += part.sum((0, 2, 3))
+        s2 += part.square().sum((0, 2, 3))
+    n = max(1, len(x) * x.shape[2] * x.shape[3])
+    mean = s1 / n
+    std = (s2 / n - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def data_bytes(n: int, channels: int, height: int, width: int, dtype: torch.dtype = torch.uint8) -> int:
+    """Bytes of ``n`` images (and their int64 labels) resident on a device."""
+    return n * (channels * height * width * torch.empty((), dtype=dtype).element_size() + 8)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` now: CUDA's free memory, or the host's available memory (None: unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+DATA_MEMORY_SHARE = 0.8  # the resident data may take at most this share of the device's free memory
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def check_fits(cfg: DataConfig, nbytes: int, device: torch.device) -> None:
+    """Refuse data that would not fit on the device next to the training (before anything is recorded).
+
+    Args:
+        cfg: the data config (named in the fix).
+        nbytes: bytes the train and val splits take resident (``data_bytes``).
+        device: the training device.
+
+    Raises:
+        SpecError: ``nbytes`` is more than ``DATA_MEMORY_SHARE`` of the device's free memory.
+    """
+    free = free_memory(device)
+    if free is None or nbytes <= DATA_MEMORY_SHARE * free:
+        return
+    raise SpecError(
+        f"data.dataset '{cfg.dataset}' needs {gib(nbytes)} resident on {device} (uint8 where the pixels are "
+        f"8-bit), more than {DATA_MEMORY_SHARE:.0%} of its {gib(free)} free; lower data.input_size or "
+        f"data.train_subset (now {cfg.train_subset or 'all the images'})"
+    )
 
 
 def load_splits(cfg: DataConfig, device: torch.device) -> Splits:
-    """Load the training set, split it into train/val, normalise, resize and move it once.
+    """Load the training set, split it into train/val and move it to the device once, as uint8 where it is 8-bit.
+
+    The images are resized once (``to_resident``: 8-bit images stay uint8, a quarter of float32's
+    memory); each batch is normalised with the train split's per-channel statistics
+    (``Splits.prepare``) and then augmented.
 
     Args:
         cfg: the data config.
         device: where the tensors live for the whole study.
 
     Raises:
-        SpecError: for an unknown or missing dataset, or a split too small for its classes.
+        SpecError: for an unknown or missing dataset, a split too small for its classes, or data
+            that does not fit in the device's free memory.
     """
-    info = dataset_info(cfg.dataset)
+    info = cfg.info
     x, y = load_source(cfg, train=True)
     train_idx, val_idx = split_indices(y, cfg)
-    train_x = _to_device(x[train_idx], cfg.size, device)
-    val_x = _to_device(x[val_idx], cfg.size, device)
-    mean, std = _channel_stats(train_x)  # of the images as the network sees them (resized)
-    _normalise_(train_x, mean, std)
-    _normalise_(val_x, mean, std)
+    n, dtype = len(train_idx) + len(val_idx), torch.uint8 if x.dtype == torch.uint8 else torch.float32
+    check_fits(cfg, data_bytes(n, x.shape[1], cfg.size, cfg.size, dtype), device)
+    train_x, val_x = to_resident(x[train_idx], cfg.size, device), to_resident(x[val_idx], cfg.size, device)
+    mean, std = resized_stats(train_x)
     return Splits(
         train_x, y[train_idx].to(device), val_x, y[val_idx].to(device), info, cfg.size,
-        mean=tuple(mean.tolist()), std=tuple(std.tolist()), pad=cfg.pad,
-        flip=cfg.augment and info.flip,
+        mean=mean, std=std, pad=cfg.pad, flip=cfg.augment and info.flip,
     )
 
 
@@ -280,13 +404,12 @@ def train_statistics(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, .
     """
     x, y = load_source(cfg, train=True)
     train_idx, _ = split_indices(y, cfg)
-    mean, std = _channel_stats(_to_device(x[train_idx], cfg.size, torch.device("cpu")))
-    return tuple(mean.tolist()), tuple(std.tolist())
+    return resized_stats(to_resident(x[train_idx], cfg.size, torch.device("cpu")))
 
 
 def load_test(cfg: DataConfig, device: torch.device,
               splits: Splits | None = None) -> tuple[Tensor, Tensor]:
-    """The dataset's test set, resized and normalised as ``load_splits`` does the train split.
+    """The dataset's test set, made network input as ``load_splits`` and ``Splits.prepare`` make a batch (float32).
 
     Only for scoring exported networks: the search never sees it.
 
@@ -296,9 +419,9 @@ def load_test(cfg: DataConfig, device: torch.device,
         splits: the study's splits, to reuse their mean/std; None recomputes them from cfg.
     """
     stats = train_statistics(cfg) if splits is None else (splits.mean, splits.std)
-    mean, std = (torch.tensor(s, device=device) for s in stats)
+    mean, std = (torch.tensor(s, dtype=torch.float32, device=device) for s in stats)
     x, y = load_source(cfg, train=False)
-    return _normalise_(_to_device(x, cfg.size, device), mean, std), y.to(device)
+    return _normalise_(to_resident(x, cfg.size, device).float(), mean, std), y.to(device)
 
 
 # -- augmentation and batching (tensor ops on the data's device) ----------------------------
