@@ -187,16 +187,7 @@ def _torchvision(cfg: DataConfig, train: bool, also: str = "") -> tuple[Tensor, 
     return x.contiguous(), y.long()
 
 
-def load_source(cfg: DataConfig, train: bool) -> tuple[Tensor, Tensor]:
-    """The raw training (or test) set of ``cfg.dataset`` on the CPU, before any split.
-
-    Args:
-        cfg: the data config.
-        train: the training set (which the search splits into train/val) or the test set.
-
-    Returns:
-        images ``(N, C, H, W)`` at the native size and pixel scale, labels int64 ``(N,)``.
-    """
+def _builtin(cfg: DataConfig, train: bool) -> tuple[Tensor, Tensor]:
     if cfg.dataset == "digits":
         return _digits(train)
     if cfg.dataset == "synthetic":
@@ -206,10 +197,78 @@ def load_source(cfg: DataConfig, train: bool) -> tuple[Tensor, Tensor]:
     return _torchvision(cfg, train)
 
 
+def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, np.int64))
+
+
+def load_training(cfg: DataConfig) -> tuple[Tensor, Tensor, int | None]:
+    """The training set of ``cfg.dataset`` on the CPU, before any split, with where its validation set starts.
+
+    Returns:
+        images ``(N, C, H, W)`` at the source's size and pixel scale (``data.channels`` applied),
+        labels int64 ``(N,)``, and the index from which the images are an explicit validation
+        set (a folder's ``val/``, an ``.npz``'s ``x_val``), or None: the search splits them.
+    """
+    if cfg.dataset in sources.FILE_SOURCES:
+        images = sources.load_files(cfg)
+        (x, y), val = images.train, images.val
+        if val is None:
+            return (*_tensors(x, y), None)
+        return (*_tensors(np.concatenate([x, val[0]]), np.concatenate([y, val[1]])), len(x))
+    x, y = _builtin(cfg, True)
+    return _channels(x, cfg), y, None
+
+
+def _channels(x: Tensor, cfg: DataConfig) -> Tensor:
+    return x if cfg.channels == "auto" else torch.from_numpy(sources.convert_channels(x.numpy(), cfg.channels))
+
+
+def load_source(cfg: DataConfig, train: bool) -> tuple[Tensor, Tensor]:
+    """The raw training (or test) set of ``cfg.dataset`` on the CPU, before any split.
+
+    Args:
+        cfg: the data config.
+        train: the training set (which the search splits into train/val; a file source's explicit
+            validation images follow its training images) or the test set.
+
+    Returns:
+        images ``(N, C, H, W)`` at the native size and pixel scale, labels int64 ``(N,)``.
+
+    Raises:
+        SpecError: a missing dataset, bad files, or (``train=False``) a file source without a test set.
+    """
+    if train:
+        return load_training(cfg)[:2]
+    if cfg.dataset in sources.FILE_SOURCES:
+        test = sources.load_files(cfg).test
+        if test is None:
+            where = (f"{cfg.path}/test/ (one subfolder per class)" if cfg.dataset == "folder"
+                     else f"x_test and y_test to {cfg.path}")
+            raise SpecError(f"data.dataset {cfg.dataset}: no test set; add {where} to score networks on it")
+        return _tensors(*test)
+    x, y = _builtin(cfg, False)
+    return _channels(x, cfg), y
+
+
 # -- split, normalise, resize --------------------------------------------------------------
 
 
-def split_indices(labels: Tensor | np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+def _too_few(labels: np.ndarray, need: int, cfg: DataConfig, what: str) -> None:
+    """Refuse a class with fewer than ``need`` images, naming it."""
+    counts = np.bincount(labels, minlength=cfg.info.num_classes)
+    low = int(np.argmin(counts))
+    n = int(counts[low])
+    if n < need:
+        name = cfg.info.classes[low] if cfg.info.classes else str(low)
+        where = f" ({cfg.path}/{name})" if cfg.dataset == "folder" else ""
+        raise SpecError(f"class {name!r}{where} has {n} image{'s' * (n != 1)}; {what} needs at "
+                        f"least {need} per class: add images"
+                        + (f" or give a validation set ({cfg.path}/val/ or x_val/y_val)"
+                           if cfg.dataset in sources.FILE_SOURCES else ""))
+
+
+def split_indices(labels: Tensor | np.ndarray, cfg: DataConfig,
+                  val_start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded train/val indices into the training set, then the train subset.
 
     The val part does not depend on ``train_subset``: a subset only thins the train part,
@@ -218,6 +277,8 @@ def split_indices(labels: Tensor | np.ndarray, cfg: DataConfig) -> tuple[np.ndar
     Args:
         labels: the training set's labels.
         cfg: gives ``val_fraction``, ``train_subset`` and ``seed``.
+        val_start: the images from this index on are the validation set as given (a folder's
+            ``val/``): no split, only the subset of the images before it.
 
     Returns:
         (train indices, val indices), each sorted and disjoint.
@@ -226,9 +287,17 @@ def split_indices(labels: Tensor | np.ndarray, cfg: DataConfig) -> tuple[np.ndar
 
     labels = np.asarray(labels)
     idx = np.arange(len(labels))
+    if val_start is not None:
+        _too_few(labels[:val_start], 1, cfg, "training")
+        train, val = idx[:val_start], idx[val_start:]
+        if not len(val):
+            raise SpecError(f"data.dataset {cfg.dataset}: the validation set ({cfg.path}) holds no images")
+    else:
+        _too_few(labels, 2, cfg, "a stratified train/val split")
     try:
-        train, val = train_test_split(idx, test_size=cfg.val_fraction, stratify=labels,
-                                      random_state=cfg.seed)
+        if val_start is None:
+            train, val = train_test_split(idx, test_size=cfg.val_fraction, stratify=labels,
+                                          random_state=cfg.seed)
     except ValueError as e:
         raise SpecError(
             f"data.val_fraction {cfg.val_fraction} of {len(labels)} images cannot hold every "
@@ -331,21 +400,7 @@ def free_memory(device: torch.device) -> int | None:
     """Bytes free on ``device`` now: CUDA's free memory, or the host's available memory (None: unknown)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-DATA_MEMORY_SHARE = 0.8  # the resident data may take at most this share of the device's free memory
-
-
-def gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+    return sources.free_host_memory()
 
 
 def check_fits(cfg: DataConfig, nbytes: int, device: torch.device) -> None:
@@ -357,16 +412,30 @@ def check_fits(cfg: DataConfig, nbytes: int, device: torch.device) -> None:
         device: the training device.
 
     Raises:
-        SpecError: ``nbytes`` is more than ``DATA_MEMORY_SHARE`` of the device's free memory.
+        SpecError: ``nbytes`` is more than ``sources.DATA_MEMORY_SHARE`` of the device's free memory;
+            the message gives both and the fix (``input_size``, ``train_subset``).
     """
-    free = free_memory(device)
-    if free is None or nbytes <= DATA_MEMORY_SHARE * free:
-        return
-    raise SpecError(
-        f"data.dataset '{cfg.dataset}' needs {gib(nbytes)} resident on {device} (uint8 where the pixels are "
-        f"8-bit), more than {DATA_MEMORY_SHARE:.0%} of its {gib(free)} free; lower data.input_size or "
-        f"data.train_subset (now {cfg.train_subset or 'all the images'})"
-    )
+    error = sources.memory_refusal(cfg, nbytes, str(device), free_memory(device))
+    if error is not None:
+        raise error
+
+
+def _checked(cfg: DataConfig, device: torch.device) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray]:
+    """The training set and its split, refused when the split lacks a class or the data does not fit."""
+    x, y, val_start = load_training(cfg)
+    train_idx, val_idx = split_indices(y, cfg, val_start)
+    n, dtype = len(train_idx) + len(val_idx), torch.uint8 if x.dtype == torch.uint8 else torch.float32
+    check_fits(cfg, data_bytes(n, x.shape[1], cfg.size, cfg.size, dtype), device)
+    return x, y, train_idx, val_idx
+
+
+def check_data(cfg: DataConfig, device: torch.device) -> None:
+    """Every check of ``load_splits`` (the files, the split, the device's memory), keeping nothing.
+
+    Raises:
+        SpecError: as ``load_splits``.
+    """
+    _checked(cfg, device)
 
 
 def load_splits(cfg: DataConfig, device: torch.device) -> Splits:
@@ -385,10 +454,7 @@ def load_splits(cfg: DataConfig, device: torch.device) -> Splits:
             that does not fit in the device's free memory.
     """
     info = cfg.info
-    x, y = load_source(cfg, train=True)
-    train_idx, val_idx = split_indices(y, cfg)
-    n, dtype = len(train_idx) + len(val_idx), torch.uint8 if x.dtype == torch.uint8 else torch.float32
-    check_fits(cfg, data_bytes(n, x.shape[1], cfg.size, cfg.size, dtype), device)
+    x, y, train_idx, val_idx = _checked(cfg, device)
     train_x, val_x = to_resident(x[train_idx], cfg.size, device), to_resident(x[val_idx], cfg.size, device)
     mean, std = resized_stats(train_x)
     return Splits(
@@ -402,8 +468,8 @@ def train_statistics(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, .
 
     Computed on the CPU from the dataset's files (the same source, split and resize as a study's).
     """
-    x, y = load_source(cfg, train=True)
-    train_idx, _ = split_indices(y, cfg)
+    x, y, val_start = load_training(cfg)
+    train_idx, _ = split_indices(y, cfg, val_start)
     return resized_stats(to_resident(x[train_idx], cfg.size, torch.device("cpu")))
 
 
