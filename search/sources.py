@@ -275,8 +275,8 @@ def _resize_uint8(a: np.ndarray, size: int) -> np.ndarray:
     return x.round_().clamp_(0, 255).to(torch.uint8)[0].numpy()
 
 
-def _decode_one(path: str, mode: str, size: int | None) -> tuple[np.ndarray | None, tuple[int, int], bool, str]:
-    """(image ``(C, H, W)`` uint8 or None, (width, height), grey, error) of one file."""
+def _decode_one(path: str, mode: str) -> tuple[np.ndarray | None, tuple[int, int], bool, str]:
+    """(image ``(C, H, W)`` uint8 at its size or None, (width, height), grey, error) of one file."""
     from PIL import Image
 
     try:
@@ -288,40 +288,37 @@ def _decode_one(path: str, mode: str, size: int | None) -> tuple[np.ndarray | No
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ... for bad files
         return None, (0, 0), False, f"{type(e).__name__}: {e}"
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    wh = (a.shape[2], a.shape[1])
-    if size is not None and a.shape[1:] != (size, size):
-        a = _resize_uint8(a, size)
-    return np.ascontiguousarray(a), wh, grey, ""
+    return np.ascontiguousarray(a), (a.shape[2], a.shape[1]), grey, ""
 
 
-def _decode_chunk(paths: list[str], mode: str, size: int | None) -> list:
-    return [_decode_one(p, mode, size) for p in paths]
-
-
-def _worker_init() -> None:
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+def _decode_chunk(paths: list[str], mode: str) -> list:
+    return [_decode_one(p, mode) for p in paths]
 
 
 DECODE_CHUNK = 256  # files per task of a decode process
-POOL_FROM = 2000  # files from which the decode runs in parallel processes
+POOL_FROM = 1000  # files from which the decode runs in parallel processes
+
+
+def _pool_context():
+    """Forked decode processes where the OS can fork (no interpreter start, no imports: they only run Pillow
+    and NumPy), spawned ones elsewhere."""
+    import multiprocessing as mp
+
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
 def decode_files(paths: list[str], mode: str, size: int | None, workers: int | None = None,
-                 desc: str = "decoding") -> list:
+                 desc: str = "decoding", pool_from: int = POOL_FROM) -> list:
     """Decode image files, in parallel processes for many files, with a progress bar on a terminal.
 
     Args:
         paths: the files.
         mode: ``L``, ``RGB`` or ``auto`` (grey images as ``L``, others as ``RGB``).
         size: resize every image of another size to ``size`` x ``size`` (bilinear, antialiased when
-            shrinking, rounded to 8 bits); None keeps each image's size.
+            shrinking, rounded to 8 bits; in this process, with torch); None keeps each image's size.
         workers: processes; None = the cores this process may use.
         desc: the progress bar's label.
+        pool_from: files from which processes decode them (fewer: this process).
 
     Returns:
         per file: (image ``(C, H, W)`` uint8 or None, (width, height), grey, error message).
@@ -331,23 +328,26 @@ def decode_files(paths: list[str], mode: str, size: int | None, workers: int | N
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=None, file=sys.stderr, leave=False)
+    chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
+    out: list = []
+
+    def take(part: list) -> None:
+        if size is not None:
+            part = [(_resize_uint8(img, size) if img is not None and img.shape[1:] != (size, size) else img, *rest)
+                    for img, *rest in part]
+        out.extend(part)
+        bar.update(len(part))
     try:
-        if len(paths) < POOL_FROM or workers < 2:
-            out = []
-            for i in range(0, len(paths), DECODE_CHUNK):
-                out += _decode_chunk(paths[i:i + DECODE_CHUNK], mode, size)
-                bar.update(min(DECODE_CHUNK, len(paths) - i))
+        if len(paths) < pool_from or workers < 2:
+            for chunk in chunks:
+                take(_decode_chunk(chunk, mode))
             return out
-        import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
-            out = []
-            for part in pool.map(_decode_chunk, chunks, [mode] * len(chunks), [size] * len(chunks)):
-                out += part
-                bar.update(len(part))
-            return out
+        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+            for part in pool.map(_decode_chunk, chunks, [mode] * len(chunks)):
+                take(part)
+        return out
     finally:
         bar.close()
 

@@ -110,6 +110,22 @@ def test_train_val_test_folders_and_resizing_images_of_several_sizes(tmp_path):
     assert load_splits(folder_cfg(tmp_path, root, input_size=8, train_subset=9), CPU).val_x.shape[0] == 5
 
 
+def test_decoding_in_processes_gives_what_decoding_here_gives(tmp_path):
+    from search.sources import decode_files
+
+    imgs = make_folder(tmp_path / "imgs", {"cat": 5, "dog": 5}, size=(14, 10))
+    make_folder(imgs, {"emu": 3}, size=(8, 8), grey=True)
+    (imgs / "emu" / "bad.png").write_bytes(b"not a png")
+    paths = sorted(str(p) for p in imgs.rglob("*.png"))
+    here = decode_files(paths, "auto", 8, workers=1)
+    there = decode_files(paths, "auto", 8, workers=2, pool_from=1)
+    assert len(here) == len(there) == 14
+    for (a, wh, grey, err), (b, wh2, grey2, err2) in zip(here, there, strict=True):
+        assert (wh, grey, err) == (wh2, grey2, err2)
+        assert (a is None and b is None) or np.array_equal(a, b)
+    assert sum(r[0] is None for r in there) == 1 and all(r[0].shape[1:] == (8, 8) for r in there if r[0] is not None)
+
+
 def test_skip_unreadable_skips_and_counts_the_broken_images(tmp_path):
     imgs = make_folder(tmp_path / "imgs")
     (imgs / "dog" / "broken.png").write_bytes((imgs / "dog" / "0.png").read_bytes()[:60])
