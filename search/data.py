@@ -75,10 +75,11 @@ class Splits:
         if self.normalised:
             return x
         x = resize(x.float(), self.input_size)
-        if x.device not in self._norm:
-            self._norm[x.device] = tuple(torch.tensor(v, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-                                         for v in (self.mean, self.std))
-        mean, std = self._norm[x.device]
+        key = (x.device, self.mean, self.std)  # a copy made with dataclasses.replace may have other stats
+        if key not in self._norm:
+            self._norm[key] = tuple(torch.tensor(v, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+                                    for v in (self.mean, self.std))
+        mean, std = self._norm[key]
         return (x - mean) / std
 
 

@@ -232,6 +232,7 @@ def scan_folder(path: str) -> FolderScan:
         raise SpecError(f"data.path {roots['train']}: empty: no class folders; put each class's images in a "
                         f"subfolder named after it (e.g. {roots['train'] / 'cat' / '1.png'})")
     exts = image_extensions()
+    cut = len(str(root).rstrip(os.sep)) + 1  # a file's path relative to the root (os.path.relpath is 10x slower)
     files: dict[str, list[tuple[str, int]]] = {}
     ignored = 0
     h = hashlib.sha256(f"{CACHE_VERSION}".encode())
@@ -254,8 +255,7 @@ def scan_folder(path: str) -> FolderScan:
                         continue
                     st = os.stat(full)
                     rows.append((full, label))
-                    h.update(f"{split}\0{label}\0{os.path.relpath(full, root)}\0{st.st_size}\0{st.st_mtime_ns}\n"
-                             .encode())
+                    h.update(f"{split}\0{label}\0{full[cut:]}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
                     found += 1
             if split == "train" and not found:
                 raise SpecError(f"data.path {folder}: class {name!r} has no image file (one Pillow reads: .png, "
