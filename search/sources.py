@@ -524,7 +524,7 @@ def _npz_check(cfg: DataConfig) -> tuple[dict, tuple[int, int, int], np.dtype, t
         raise SpecError(f"{where}: not an .npz archive ({e}); write it with numpy.savez") from None
     with zf:
         names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
-        check_keys(dict.fromkeys(names), NPZ_KEYS, f"{cfg.path}")
+        check_keys(dict.fromkeys(names), NPZ_KEYS, where)
         missing = [k for k in ("x_train", "y_train") if k not in names]
         if missing:
             raise SpecError(f"{where}: missing {' and '.join(missing)} (it has {', '.join(names) or 'no arrays'}); "
