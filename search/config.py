@@ -16,6 +16,7 @@ a study, such as ``pareto``, load the experiment file without paying for it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import types
 import typing
@@ -58,6 +59,9 @@ class DatasetInfo:
         size: default input size in pixels (the native size, except digits: 8 -> 16).
         flip: horizontal flips keep the label (False for digits, where a flip changes them).
         classes: the name of each class, in label order (empty: unnamed).
+        pixel_max: the white of the source's pixel scale: 255 for 8-bit images (kept uint8 on the
+            device, rounded to whole numbers after a resize), digits' 16, None for float data with
+            no 8-bit form.
     """
 
     in_ch: int
@@ -65,6 +69,7 @@ class DatasetInfo:
     size: int
     flip: bool
     classes: tuple[str, ...] = ()
+    pixel_max: float | None = 255.0
 
     def __post_init__(self) -> None:
         if self.classes and len(self.classes) != self.num_classes:
@@ -92,8 +97,8 @@ FASHIONMNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sa
 SYNTHETIC_NAMES = ("horizontal_stripes", "vertical_stripes", "checkers", "rings")  # drawn by search.data._synthetic
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(1, 10, 16, False, DIGIT_NAMES),  # sklearn's bundled 8x8 digits, upsampled to 16
-    "synthetic": DatasetInfo(3, 4, 16, True, SYNTHETIC_NAMES),  # generated, for tests
+    "digits": DatasetInfo(1, 10, 16, False, DIGIT_NAMES, 16.0),  # sklearn's 8x8 digits (0..16), upsampled to 16
+    "synthetic": DatasetInfo(3, 4, 16, True, SYNTHETIC_NAMES, None),  # generated float noise, for tests
     "cifar10": DatasetInfo(3, 10, 32, True, CIFAR10_NAMES),
     "cifar100": DatasetInfo(3, 100, 32, True, CIFAR100_NAMES),
     "mnist": DatasetInfo(1, 10, 28, False, DIGIT_NAMES),
@@ -102,16 +107,25 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+# data.dataset values read from data.path, whose DatasetInfo comes from the files (search.sources)
+FILE_SOURCES = ("folder", "arrays")
+CHANNELS = ("auto", 1, 3)
+
+
 def dataset_info(name: str) -> DatasetInfo:
-    """The DatasetInfo of a dataset name.
+    """The DatasetInfo of a built-in dataset's name (a folder's or an array file's: ``DataConfig.info``).
 
     Args:
         name: a key of ``DATASETS``.
 
     Raises:
-        SpecError: when the name is unknown; the message lists the valid names.
+        SpecError: when the name is unknown (the message lists the valid names), or names a file
+            source, whose DatasetInfo depends on its files.
     """
-    check_choice(name, "data.dataset", DATASETS)
+    check_choice(name, "data.dataset", [*DATASETS, *FILE_SOURCES])
+    if name in FILE_SOURCES:
+        raise SpecError(f"data.dataset {name}: its channels and classes come from its files (data.path); "
+                        "read them with DataConfig(dataset=..., path=...).info")
     return DATASETS[name]
 
 
@@ -120,8 +134,9 @@ class DataConfig:
     """Which data a study trains on and how it is split and augmented.
 
     Args:
-        dataset: digits | synthetic | cifar10 | cifar100 | mnist | fashionmnist | svhn.
-        root: directory of the torchvision datasets.
+        dataset: digits | synthetic | cifar10 | cifar100 | mnist | fashionmnist | svhn (built in), or
+            folder | arrays (read from ``path``: docs/data.md).
+        root: directory of the torchvision datasets, and of the decode cache (``root/cache``).
         download: download torchvision datasets when missing (needs internet).
         val_fraction: share of the training set held out for validation (stratified).
         train_subset: at most this many training images (stratified); None = all.
@@ -129,10 +144,17 @@ class DataConfig:
         augment: random pad-and-crop (+ horizontal flip where the dataset allows it).
         crop_pad: padding in pixels of the random crop; None = input_size // 8 (4 at 32).
         seed: seed of the train/val split and of the subset.
+        path: ``folder``: a directory with one subfolder of images per class (optionally under
+            ``train/``, ``val/``, ``test/``); ``arrays``: an ``.npz`` with ``x_train``, ``y_train``
+            (optionally ``x_val``/``y_val``, ``x_test``/``y_test``, ``classes``).
+        channels: image channels the network takes: auto (a folder: 1 when every image is grey;
+            arrays and built-in datasets: their own), 1 (grey) or 3 (RGB).
+        skip_unreadable: a folder's unreadable or truncated images are skipped and counted
+            instead of refused.
     """
 
-    dataset: str = "digits"  # digits | synthetic | cifar10 | cifar100 | mnist | fashionmnist | svhn
-    root: str = "data"  # directory of torchvision datasets
+    dataset: str = "digits"  # digits | synthetic | cifar10 | cifar100 | mnist | fashionmnist | svhn | folder | arrays
+    root: str = "data"  # directory of torchvision datasets and of the decode cache (root/cache)
     download: bool = True  # download torchvision datasets when missing
     val_fraction: float = 0.1  # share of the training set held out for validation (stratified)
     train_subset: int | None = None  # at most this many training images (stratified), None = all
@@ -140,11 +162,24 @@ class DataConfig:
     augment: bool = True  # random pad-and-crop (+ flip where the dataset allows) on device
     crop_pad: int | None = None  # pixels of random-crop padding; None = input_size // 8
     seed: int = 0  # seed of the split and subset
+    path: str | None = None  # folder: a directory of class subfolders; arrays: an .npz file
+    channels: int | str = "auto"  # auto | 1 | 3: image channels the network takes
+    skip_unreadable: bool = False  # folder: skip (and count) unreadable images instead of refusing them
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str):
             raise SpecError(f"data.dataset must be a string, got {self.dataset!r}")
-        dataset_info(self.dataset)
+        check_choice(self.dataset, "data.dataset", [*DATASETS, *FILE_SOURCES])
+        if self.dataset in FILE_SOURCES:
+            if not isinstance(self.path, str) or not self.path:
+                what = "a folder of class subfolders" if self.dataset == "folder" else "an .npz file"
+                raise SpecError(f"data.dataset {self.dataset} needs data.path: {what}")
+        elif self.path is not None:
+            raise SpecError(f"data.path is read only for data.dataset folder or arrays, not {self.dataset!r}; "
+                            "remove it (or use null)")
+        if self.channels not in CHANNELS or isinstance(self.channels, bool):
+            raise SpecError(f"data.channels must be auto, 1 or 3, got {self.channels!r}")
+        check_bool(self.skip_unreadable, "data.skip_unreadable")
         if not isinstance(self.root, str) or not self.root:
             raise SpecError(f"data.root must be a non-empty directory path, got {self.root!r}")
         check_bool(self.download, "data.download")
@@ -163,9 +198,34 @@ class DataConfig:
         if self.seed >= 2**32:
             raise SpecError(f"data.seed must be < 2**32, got {self.seed}")
 
-    @property
+    @functools.cached_property
     def info(self) -> DatasetInfo:
-        return DATASETS[self.dataset]
+        """The dataset's DatasetInfo: the table's for a built-in dataset (with ``channels`` applied), the
+        files' for a folder (decoded and cached the first time) or an array file (``search.sources``)."""
+        if self.dataset in FILE_SOURCES:
+            return self._described[0]
+        info = DATASETS[self.dataset]
+        return info if self.channels == "auto" else dataclasses.replace(info, in_ch=self.channels)
+
+    @functools.cached_property
+    def _described(self) -> tuple[DatasetInfo, str]:
+        from search.sources import describe
+
+        return describe(self)
+
+    @property
+    def content(self) -> str | None:
+        """A hash of a file source's images, labels and class names (None for a built-in dataset)."""
+        return self._described[1] if self.dataset in FILE_SOURCES else None
+
+    def recipe(self) -> dict:
+        """The data's part of a study's recipe: every setting but where the files are (root, download,
+        path); a file source adds its content hash and class names, so changed files are another recipe."""
+        rec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("root", "download", "path")}
+        if self.dataset in FILE_SOURCES:
+            rec.update(content=self.content, classes=list(self.info.classes))
+        return rec
 
     @property
     def size(self) -> int:
@@ -539,7 +599,7 @@ def experiment_from_dict(raw: dict, name: str) -> ExperimentConfig:
     check_keys(raw, TOP_KEYS, "experiment")
     sections = {k: parse_section(cls, raw.get(k), k) for k, cls in SECTIONS.items()}
     data: DataConfig = sections["data"]
-    info = dataset_info(data.dataset)
+    info = data.info
     known = {"in_ch": info.in_ch, "num_classes": info.num_classes,
              "input_size": data.input_size or info.size}
     space_raw = raw.get("space") or {}

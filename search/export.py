@@ -12,8 +12,9 @@ fingerprint), so the weights file alone is enough to classify images:
 The preprocessing is the training data path (``search.data``), step for step: the image's
 pixels on the training data's raw scale (8-bit values v -> round(v * pixel_max / 255); float
 arrays as they are), resized to ``input_size`` (bilinear, ``align_corners=False``, antialiased
-when shrinking, as ``torch.nn.functional.interpolate``), then ``(x - mean) / std`` per channel
-with the train split's statistics of the resized images.
+when shrinking, as ``torch.nn.functional.interpolate``; for 8-bit training data, rounded back to
+whole numbers 0..255), then ``(x - mean) / std`` per channel with the train split's statistics of
+the resized images.
 
 Only this module's study-side functions (``export_best``, ``evaluate_exported``) import the
 study machinery (optuna, mlflow); loading and running an exported network needs torch,
@@ -93,6 +94,8 @@ class Preprocessing:
             float data with no 8-bit form, and only float arrays are accepted.
         classes: class names in label order (index = the network's output index).
         dataset: the dataset it was trained on.
+        round_resized: the training images were 8-bit and kept so after resizing: resized pixels
+            are rounded to whole numbers in 0..255 (``search.data.to_resident``).
     """
 
     input_size: int
@@ -102,6 +105,7 @@ class Preprocessing:
     pixel_max: float | None = DEFAULT_PIXEL_MAX
     classes: tuple[str, ...] = ()
     dataset: str = ""
+    round_resized: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", _floats(self.mean))
@@ -123,10 +127,11 @@ class Preprocessing:
         s = self.input_size
         eight_bit = (f"8-bit values v -> round(v * {self.pixel_max:g} / 255)" if self.pixel_max is not None
                      else "8-bit images not accepted (float data)")
+        rounded = ", then round to whole numbers and clamp to 0..255" if self.round_resized else ""
         return (f"image -> {'grey (L)' if self.channels == 1 else 'RGB'} -> float32 pixels on the training "
-                f"scale ({eight_bit}; float arrays as they are) -> resize to {s}x{s} (bilinear, "
-                f"align_corners=False, antialias when shrinking: torch.nn.functional.interpolate) -> "
-                f"(x - mean) / std per channel -> NCHW float32")
+                f"scale ({eight_bit}; float arrays as they are) -> resize to {s}x{s} if it is another size "
+                f"(bilinear, align_corners=False, antialias when shrinking: torch.nn.functional.interpolate"
+                f"{rounded}) -> (x - mean) / std per channel -> NCHW float32")
 
     def to_dict(self) -> dict:
         """The ``preprocessing`` section of an export (classes are the export's ``classes``)."""
@@ -136,7 +141,8 @@ class Preprocessing:
             "channels": self.channels,
             "layout": "NCHW float32",
             "pixel_max": self.pixel_max,
-            "resize": {"mode": "bilinear", "align_corners": False, "antialias": "when shrinking"},
+            "resize": {"mode": "bilinear", "align_corners": False, "antialias": "when shrinking",
+                       "round_to_8bit": self.round_resized},
             "mean": list(self.mean),
             "std": list(self.std),
             "dataset": self.dataset,
@@ -149,7 +155,8 @@ class Preprocessing:
             raise SpecError(f"preprocessing must be a mapping, got {type(d).__name__}")
         try:
             return cls(int(d["input_size"]), int(d["channels"]), d["mean"], d["std"], d.get("pixel_max"),
-                       tuple(classes or ()), d.get("dataset", ""))
+                       tuple(classes or ()), d.get("dataset", ""),
+                       bool((d.get("resize") or {}).get("round_to_8bit", False)))
         except KeyError as e:
             raise SpecError(f"preprocessing lacks {e.args[0]!r}") from None
 
@@ -157,14 +164,15 @@ class Preprocessing:
     def for_data(cls, data: DataConfig, mean, std) -> Preprocessing:
         """The preprocessing of a study's data config, with its train split's ``mean``/``std``."""
         info = data.info
-        return cls(data.size, info.in_ch, mean, std, pixel_max(data.dataset), info.classes, data.dataset)
+        return cls(data.size, info.in_ch, mean, std, info.pixel_max, info.classes, data.dataset,
+                   round_resized=info.pixel_max == DEFAULT_PIXEL_MAX)
 
     def matches(self, other: Preprocessing, tol: float = 1e-4) -> bool:
         """Same pipeline: mean and std within ``tol`` std of each other (the statistics computed on two
         devices differ in the last bits)."""
         scale = tol * np.asarray(self.std)
         return (self.input_size == other.input_size and self.channels == other.channels
-                and self.pixel_max == other.pixel_max
+                and self.pixel_max == other.pixel_max and self.round_resized == other.round_resized
                 and bool(np.all(np.abs(np.subtract(self.mean, other.mean)) <= scale))
                 and bool(np.all(np.abs(np.subtract(self.std, other.std)) <= scale)))
 
@@ -222,11 +230,13 @@ class Preprocessing:
         raise SpecError(f"an image with {c} channels cannot be fed to a network of {self.channels} channels")
 
     def resize(self, x: Tensor) -> Tensor:
-        """Resize float ``(N, C, H, W)`` to ``input_size`` exactly as ``search.data._to_device`` does."""
+        """Resize float ``(N, C, H, W)`` to ``input_size`` exactly as ``search.data.to_resident`` does
+        (rounded back to 8-bit values when ``round_resized``)."""
         s, (h, w) = self.input_size, x.shape[-2:]
         if (h, w) == (s, s):
             return x
-        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=s < min(h, w))
+        x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=s < min(h, w))
+        return x.round_().clamp_(0, 255) if self.round_resized else x
 
     def normalise(self, x: Tensor) -> Tensor:
         """``(x - mean) / std`` per channel, as ``search.data._normalise_`` (in place on a copy)."""

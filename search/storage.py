@@ -45,8 +45,9 @@ def device_type(name: str) -> str:
 def recipe(cfg: ExperimentConfig, recorded: dict | None = None) -> dict:
     """Everything that changes a trial's result, as a flat ``{dotted.key: value}`` mapping.
 
-    Not in it: ``RESUMABLE`` (how much is run and where) and the data's ``root``/``download``
-    (where files come from). The device enters as its type (``cpu``/``cuda``): the same
+    Not in it: ``RESUMABLE`` (how much is run and where) and the data's ``root``/``download``/``path``
+    (where files come from; a folder's or array file's content enters as its hash, ``DataConfig.recipe``).
+    The device enters as its type (``cpu``/``cuda``): the same
     study may move between GPUs, not between a GPU and the CPU. ``train.channels_last`` enters
     as what it means on that device type (``auto`` is not a format).
 
@@ -67,7 +68,7 @@ def recipe(cfg: ExperimentConfig, recorded: dict | None = None) -> dict:
         "space": cfg.space.to_dict(),
         "objectives": list(cfg.objectives),
         "constraints": vars(cfg.constraints),
-        "data": {k: v for k, v in vars(cfg.data).items() if k not in ("root", "download")},
+        "data": cfg.data.recipe(),
         "train": {**train, "channels_last": cfg.train.nhwc(train_type), "device_type": train_type},
         "latency": {**latency, "device_type": kind(lat_device, "latency.device_type")},
         "search": {"seed": cfg.search.seed},
@@ -91,7 +92,7 @@ def fingerprint(rec: dict) -> str:
 
 # Recipe keys added after studies were recorded, with the value that means what older versions
 # did: a study recorded without the key reads as having it (a resume must set it to match).
-ADDED = {"latency.interleave": False}
+ADDED = {"latency.interleave": False, "data.channels": "auto", "data.skip_unreadable": False}
 
 
 def recipe_diff(recorded: dict, current: dict, reading: bool = False) -> list[str]:

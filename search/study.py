@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from search import worker
 from search.config import ExperimentConfig
-from search.data import Splits, load_source, load_splits
+from search.data import Splits, check_data, load_splits
 from search.devices import resolve_device, unfreeze
 from search.errors import RedactLogs, redact, redact_tree
 from search.latency import LATENCY_REFERENCE, check_backend, interleaves, reference_latency_ms
@@ -332,8 +332,8 @@ def _prepare(cfg: ExperimentConfig, url: str, slots: list[worker.Slot]):
     check_backend(cfg.latency, cfg.latency.resolve(device))
     if len(slots) == 1:
         splits = load_splits(cfg.data, device)
-    else:  # the workers load their own copy; this only checks the data is there
-        load_source(cfg.data, train=True)
+    else:  # the workers load their own copy; this only checks the data (files, split, memory)
+        check_data(cfg.data, device)
         splits = None
     tracker = Tracker(cfg.tracking, cfg.name)
     study = find_study(cfg, url, on_stale=on_stale(tracker))  # the storage answers; a study there has this recipe

@@ -1,5 +1,8 @@
 """Brief training of one network on device-resident data (one readable file, airbench style).
 
+Each batch of the resident images (uint8 where they are 8-bit) is made network input on the
+device (``Splits.prepare``: float, resize, normalise) before it is augmented.
+
 SGD with Nesterov momentum, label smoothing, a one-cycle (or cosine, or constant) learning
 rate over a budget of epochs and/or seconds, bf16 autocast on CUDA, batched augmentation on
 the device. Timing uses CUDA events on CUDA and ``perf_counter`` on the CPU, and counts
@@ -152,7 +155,7 @@ def _check_finite(losses: Tensor, lo: int, hi: int, total: int, epoch: int, lr: 
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, *, bf16: bool = True,
-             channels_last: bool = False) -> float:
+             channels_last: bool = False, prepare: Callable[[Tensor], Tensor] | None = None) -> float:
     """Accuracy of ``model`` on ``(x, y)`` in [0, 1]; eval mode, inference mode, one host sync.
 
     Args:
@@ -162,6 +165,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, *, bf16: b
         batch_size: images per forward pass.
         bf16: bf16 autocast on CUDA.
         channels_last: feed NHWC inputs.
+        prepare: makes a batch of ``x`` network input (``Splits.prepare``); None: ``x`` is already.
     """
     if len(x) == 0:
         raise ValueError("evaluate: no images to evaluate")
@@ -172,6 +176,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, *, bf16: b
     try:
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=cuda and bf16):
             for xb, yb in batches(x, y, batch_size, shuffle=False):
+                if prepare is not None:
+                    xb = prepare(xb)
                 if channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 correct += (model(xb).argmax(1) == yb).sum()
@@ -252,7 +258,7 @@ def train_model(
             lr = cfg.lr * lr_factor(progress, cfg.schedule, cfg.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            xb = augment(xb, splits.pad, splits.flip, gen)
+            xb = augment(splits.prepare(xb), splits.pad, splits.flip, gen)
             if nhwc:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda and cfg.bf16):
@@ -274,7 +280,8 @@ def train_model(
         checked = step
         record = EpochRecord(
             epoch, losses[first:step].mean().item(),
-            evaluate(model, val_x, val_y, cfg.eval_batch_size, bf16=cfg.bf16, channels_last=nhwc),
+            evaluate(model, val_x, val_y, cfg.eval_batch_size, bf16=cfg.bf16, channels_last=nhwc,
+                     prepare=splits.prepare),
             timer.total,
         )
         history.append(record)

@@ -72,20 +72,75 @@ def test_data_config_normalises_int_floats_and_derives_pad():
 def test_digits_shapes_classes_and_normalisation():
     cfg = DataConfig(dataset="digits", val_fraction=0.2)
     s = load_splits(cfg, CPU)
+    # resident resized, on digits' 0..16 scale (no 8-bit form: float32); each batch is normalised
     assert s.train_x.shape[1:] == (1, 16, 16) and s.val_x.shape[1:] == (1, 16, 16)
+    assert s.train_x.dtype == torch.float32 and float(s.train_x.max()) == 16
     assert s.input_size == 16 and s.info.num_classes == 10
-    assert s.train_x.dtype == torch.float32 and s.train_y.dtype == torch.int64
+    assert s.train_y.dtype == torch.int64
     assert len(s.train_x) + len(s.val_x) == 1797 - 360  # 20% of digits held out as its test set
     assert set(s.train_y.tolist()) == set(range(10)) == set(s.val_y.tolist())
-    # normalised with the train split's own per-channel stats
-    assert s.train_x.mean().abs() < 1e-4 and (s.train_x.std() - 1).abs() < 1e-3
-    assert s.val_x.mean().abs() < 0.2  # same stats, different images
+    # normalised with the train split's own per-channel stats of the resized images
+    train, val = s.prepare(s.train_x), s.prepare(s.val_x)
+    assert train.shape[1:] == (1, 16, 16) and train.dtype == torch.float32
+    assert train.mean().abs() < 1e-4 and (train.std() - 1).abs() < 1e-3
+    assert val.mean().abs() < 0.2  # same stats, different images
+    assert float(s.train_x.max()) == 16  # prepare never changes the data
     assert s.pad == 2 and s.flip is False
+
+
+def test_prepared_batches_are_the_one_shot_path_bit_for_bit():
+    """Normalising per batch gives exactly what normalising the whole resident set once gives (the
+    float32-resident path before uint8, and what load_test and the export preprocessing do)."""
+    from search.data import _normalise_
+
+    for cfg in (DataConfig(dataset="digits", input_size=16), DataConfig(dataset="digits", input_size=6),
+                DataConfig(dataset="synthetic", input_size=12)):
+        s = load_splits(cfg, CPU)
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in (s.mean, s.std))
+        whole = _normalise_(s.val_x.float().clone(), mean, std)
+        batched = torch.cat([s.prepare(xb) for xb, _ in batches(s.val_x, s.val_y, 7, shuffle=False)])
+        assert torch.equal(whole, batched), cfg
+
+
+def test_8_bit_images_stay_uint8_resized_once_and_rounded(tmp_path):
+    from search.data import to_resident
+
+    _fake_fashionmnist(tmp_path)
+    cfg = DataConfig(dataset="fashionmnist", root=str(tmp_path), download=False, input_size=16)
+    s = load_splits(cfg, CPU)
+    assert s.train_x.dtype == torch.uint8 and s.train_x.shape[1:] == (1, 16, 16)
+    raw, _ = load_source(cfg, train=True)
+    resized = torch.nn.functional.interpolate(raw[:5].float(), size=(16, 16), mode="bilinear",
+                                              align_corners=False, antialias=True)
+    assert torch.equal(to_resident(raw[:5], 16, CPU), resized.round().clamp(0, 255).to(torch.uint8))
+    assert to_resident(raw[:5], 28, CPU).data_ptr() == raw[:5].data_ptr() or torch.equal(
+        to_resident(raw[:5], 28, CPU), raw[:5])  # at its own size: as it is
+    # statistics of the uint8 set (float64 sums) match the float32 statistics of the same pixels
+    flat = s.train_x.double()
+    assert s.mean[0] == pytest.approx(float(flat.mean()), rel=1e-12)
+    assert s.std[0] == pytest.approx(float(flat.std(correction=0)), rel=1e-9)
+    # one prepared batch is float32, normalised with them
+    xb = s.prepare(s.train_x[:8])
+    assert xb.dtype == torch.float32 and torch.equal(xb, (s.train_x[:8].float() - s.mean[0]) / torch.tensor(
+        s.std[0], dtype=torch.float32))
+
+
+def test_data_larger_than_the_free_memory_is_refused_with_size_free_memory_and_fix():
+    from search.data import check_fits, data_bytes, free_memory
+
+    free = free_memory(CPU)
+    assert free is not None and free > 0
+    cfg = DataConfig(dataset="digits", train_subset=1000)
+    check_fits(cfg, data_bytes(1000, 1, 8, 8), CPU)  # fits
+    with pytest.raises(SpecError) as e:
+        check_fits(cfg, 2 * free, CPU)
+    msg = str(e.value)
+    assert "GiB" in msg and "free" in msg and "data.input_size" in msg and "data.train_subset (now 1000)" in msg
 
 
 def test_input_size_resizes():
     s = load_splits(DataConfig(dataset="digits", input_size=24), CPU)
-    assert s.train_x.shape[1:] == (1, 24, 24) and s.input_size == 24
+    assert s.prepare(s.train_x).shape[1:] == (1, 24, 24) and s.input_size == 24
 
 
 def test_digits_test_set_is_fixed_and_disjoint_from_training_images():
@@ -95,7 +150,7 @@ def test_digits_test_set_is_fixed_and_disjoint_from_training_images():
     assert torch.equal(y0, y1) and len(y0) == 360
     assert torch.bincount(y0).min() >= 35  # stratified
     s = load_splits(DataConfig(dataset="digits", seed=0), CPU)
-    assert x0.shape[1:] == s.train_x.shape[1:]
+    assert x0.shape[1:] == s.prepare(s.train_x).shape[1:]
     assert abs(x0.mean()) < 0.2  # normalised with the train stats
     # the reused-splits path gives the same tensors
     xs, _ = load_test(DataConfig(dataset="digits", seed=0), CPU, splits=s)
@@ -178,14 +233,82 @@ def test_torchvision_dataset_loads_from_disk_without_download(tmp_path):
     cfg = DataConfig(dataset="fashionmnist", root=str(tmp_path), download=False, val_fraction=0.25)
     s = load_splits(cfg, CPU)
     assert s.train_x.shape == (90, 1, 28, 28) and s.val_x.shape == (30, 1, 28, 28)
+    assert s.train_x.dtype == torch.uint8
     assert s.info.num_classes == 10 and s.flip is True and s.pad == 3
-    assert s.train_x.mean().abs() < 1e-4
+    assert s.prepare(s.train_x).mean().abs() < 1e-4
     assert sorted(np.bincount(s.val_y.numpy()).tolist()) == [3] * 10
     x, y = load_test(cfg, CPU)
     assert x.shape == (40, 1, 28, 28) and y.tolist() == [i % 10 for i in range(40)]
     small = load_splits(DataConfig(dataset="fashionmnist", root=str(tmp_path), download=False,
                                    input_size=14), CPU)
-    assert small.train_x.shape[1:] == (1, 14, 14)
+    assert small.prepare(small.train_x).shape[1:] == (1, 14, 14)
+
+
+def _write_gz_idx(path, arr: np.ndarray) -> None:
+    import gzip
+
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+                + arr.astype(np.uint8).tobytes())
+
+
+def test_fashionmnist_reads_gzip_idx_under_root_before_the_system_package(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 30), ("t10k", 20)):
+        _write_gz_idx(raw / f"{prefix}-images-idx3-ubyte.gz", np.full((n, 28, 28), 7))
+        _write_gz_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    cfg = DataConfig(dataset="fashionmnist", root=str(tmp_path), download=False)
+    x, y = load_source(cfg, train=True)
+    assert x.shape == (30, 1, 28, 28) and x.dtype == torch.uint8 and int(x.max()) == 7
+    assert y.dtype == torch.int64 and y.tolist() == [i % 10 for i in range(30)]
+    assert load_source(cfg, train=False)[0].shape == (20, 1, 28, 28)
+
+
+def test_truncated_idx_file_is_a_spec_error_naming_it(tmp_path):
+    from search.sources import read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    _write_idx(str(path), np.zeros((4, 28, 28)))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(SpecError, match="train-images-idx3-ubyte.*truncated"):
+        read_idx(path)
+    path.write_bytes(b"not an idx file")
+    with pytest.raises(SpecError, match="not an IDX file"):
+        read_idx(path)
+
+
+def test_fashionmnist_without_any_files_falls_back_to_torchvision_download(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    import search.sources
+
+    def offline(self):
+        raise URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(search.sources, "SYSTEM_FASHIONMNIST", str(tmp_path / "no-package"))
+    monkeypatch.setattr(tvd.FashionMNIST, "download", offline)
+    with pytest.raises(SpecError) as e:
+        load_source(DataConfig(dataset="fashionmnist", root=str(tmp_path), download=True), train=True)
+    msg = str(e.value)
+    assert "download failed" in msg and "name resolution" in msg and "dataset-fashion-mnist" in msg
+
+
+HAS_FASHIONMNIST_PACKAGE = all(os.path.isfile(os.path.join("/usr/share/datasets/fashion-mnist", f)) for f in (
+    "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz"))
+
+
+@pytest.mark.skipif(not HAS_FASHIONMNIST_PACKAGE, reason="SKIPPED LOUDLY: Debian's dataset-fashion-mnist is not "
+                    "installed (apt-get install dataset-fashion-mnist; .ci/run installs it where apt-get can)")
+def test_fashionmnist_from_the_debian_package_offline(tmp_path):
+    cfg = DataConfig(dataset="fashionmnist", root=str(tmp_path / "empty"), download=False)
+    x, y = load_source(cfg, train=True)
+    assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.uint8
+    assert torch.bincount(y).tolist() == [6000] * 10
+    xt, yt = load_source(cfg, train=False)
+    assert xt.shape == (10000, 1, 28, 28) and torch.bincount(yt).tolist() == [1000] * 10
+    assert not (tmp_path / "empty").exists()  # nothing downloaded or written
 
 
 def test_cifar_and_svhn_arrays_become_nchw_tensors(tmp_path, monkeypatch):
@@ -315,3 +438,24 @@ def test_train_batches_shuffle_drop_partial_only_when_a_full_batch_exists():
     small = list(batches(x, y, 32, shuffle=True, generator=torch.Generator().manual_seed(0),
                          drop_last=True))
     assert len(small) == 1 and sorted(small[0][1].tolist()) == list(range(10))
+
+
+def test_export_preprocessing_reproduces_the_8_bit_resized_path_bit_for_bit(tmp_path):
+    from PIL import Image
+
+    from search.data import train_statistics
+    from search.export import Preprocessing
+
+    _fake_fashionmnist(tmp_path)
+    for size in (16, 28, 40):
+        cfg = DataConfig(dataset="fashionmnist", root=str(tmp_path), download=False, input_size=size)
+        prep = Preprocessing.for_data(cfg, *train_statistics(cfg))
+        assert prep.round_resized and prep.pixel_max == 255
+        assert Preprocessing.from_dict(prep.to_dict(), prep.classes) == prep
+        raw, _ = load_source(cfg, train=False)
+        want, _ = load_test(cfg, CPU)
+        assert torch.equal(prep(raw.numpy()), want)  # a uint8 NCHW batch
+        Image.fromarray(raw[3, 0].numpy()).save(tmp_path / "x.png")
+        assert torch.equal(prep(tmp_path / "x.png"), want[3:4])  # an 8-bit PNG file
+        s = load_splits(cfg, CPU)
+        assert (s.mean, s.std) == (prep.mean, prep.std)
