@@ -62,8 +62,8 @@ STRATEGIES = {  # name -> (sampler, pruner)
 }
 
 
-def experiment(overrides=OVERRIDES, device: str = "cpu"):
-    return load_experiment(EXPERIMENT, list(overrides) + [f"train.device={device}", "train.threads=1"])
+def experiment(overrides=OVERRIDES, device: str = "cpu", path: Path = EXPERIMENT):
+    return load_experiment(path, list(overrides) + [f"train.device={device}", "train.threads=1"])
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -71,13 +71,13 @@ def experiment(overrides=OVERRIDES, device: str = "cpu"):
 _WORKER: dict = {}
 
 
-def _init_worker(overrides, device: str, reference_ms: float | None) -> None:
+def _init_worker(overrides, device: str, reference_ms: float | None, path: Path = EXPERIMENT) -> None:
     import torch
 
     from search.data import load_splits
 
     set_threads(1)
-    cfg = experiment(overrides, device)
+    cfg = experiment(overrides, device, path)
     dev = torch.device(device)
     _WORKER.update(cfg=cfg, device=dev, splits=load_splits(cfg.data, dev), reference_ms=reference_ms)
 
@@ -110,7 +110,7 @@ def noise_picks(rows: list[dict], n: int) -> list[str]:
 
 
 def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu", noise_nets: int = 8,
-          noise_seeds: int = 3) -> dict:
+          noise_seeds: int = 3, path: Path = EXPERIMENT) -> dict:
     """Train every network of the experiment's space within its budget once (seed 0); write the table.
 
     Then ``noise_nets`` of them, spread over the accuracy ranks, are trained again with seeds
@@ -130,7 +130,7 @@ def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu", no
 
     from search.latency import interleaves, reference_latency_ms
 
-    cfg = experiment(overrides, device)
+    cfg = experiment(overrides, device, path)
     made = recipe(cfg)
     old = json.loads(out.read_text()) if out.exists() else None
     if old is not None and old.get("recipe") != made:
@@ -141,7 +141,7 @@ def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu", no
     if old is None:  # one latency unit for the whole table, as a study measures it once when it is made
         unit = reference_latency_ms(cfg.latency) if interleaves(cfg.latency, cfg.latency.resolve(
             torch.device(device))) else None
-        old = {"experiment": str(EXPERIMENT.relative_to(ROOT)), "overrides": list(overrides), "recipe": made,
+        old = {"experiment": str(path.resolve().relative_to(ROOT)), "overrides": list(overrides), "recipe": made,
                "seed": 0, "made": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "env": env_header(device).splitlines(), "latency_reference_ms": unit, "rows": [],
                "build_s": 0.0}
@@ -157,7 +157,7 @@ def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu", no
         out.write_text(json.dumps(table, indent=0))
 
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(overrides, device, table["latency_reference_ms"])) as pool:
+                             initargs=(overrides, device, table["latency_reference_ms"], path)) as pool:
         for job in as_completed([pool.submit(_tabulate, s) for s in specs]):
             row = job.result()
             rows[row["hash"]] = row
@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, from: "
                         + ", ".join(STRATEGIES))
     parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--experiment", type=Path, default=EXPERIMENT,
+                        help="build/noise: the experiment file whose recipe the table trains (quickstart)")
     parser.add_argument("--jobs", type=int, default=1, help="build: training processes (1 thread each)")
     parser.add_argument("--device", default="cpu", help="build: where the networks train (cpu | cuda)")
     parser.add_argument("--eta", type=int, default=3)
@@ -309,11 +311,11 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = OVERRIDES if args.set is None else tuple(args.set)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.command == "build":
-        return build(args.table, overrides, args.jobs, args.device)
+        return build(args.table, overrides, args.jobs, args.device, path=args.experiment)
     if args.command == "noise":
         return noise(overrides)
-    cfg = experiment()
     data = json.loads(args.table.read_text())
+    cfg = experiment(data.get("overrides", OVERRIDES), path=ROOT / data.get("experiment", EXPERIMENT))
     if data.get("partial"):
         parser.error(f"{args.table} is a partial table (its build was cut short at {len(data['rows'])} networks): "
                      "rebuild it with `build`")
