@@ -149,12 +149,19 @@ def check_registry(uri: str, name: str) -> None:
                         "the server or fix tracking.uri") from None
 
 
+def _store_uri(uri: str) -> str:
+    """The tracking URI as MLflow should open it: a relative SQLite path made absolute, a bare
+    ``postgresql://`` given the installed driver (SQLAlchemy 2.1 reads it as psycopg 3)."""
+    from search.storage import _with_driver
+    from search.tracking import _abs_sqlite
+
+    return _with_driver(_abs_sqlite(uri))
+
+
 def _client(uri: str) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import _abs_sqlite
-
-    uri = _abs_sqlite(uri)
+    uri = _store_uri(uri)
     return MlflowClient(uri, registry_uri=uri)
 
 
@@ -250,7 +257,7 @@ def register_network(cfg: ExperimentConfig, exported: str | Path, weights: str |
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     from search.errors import error_line
-    from search.tracking import Tracker, _abs_sqlite
+    from search.tracking import Tracker
 
     exported, weights = Path(exported), Path(weights)
     _, prep = load_model(exported, weights)
@@ -259,7 +266,7 @@ def register_network(cfg: ExperimentConfig, exported: str | Path, weights: str |
                         "form; the registered model takes uint8 images")
     doc = yaml.safe_load(exported.read_text())
     prov, metrics = doc.get("provenance") or {}, doc.get("metrics") or {}
-    uri = _abs_sqlite(cfg.tracking.uri)
+    uri = _store_uri(cfg.tracking.uri)
     client = _client(uri)
     run = None
     if prov.get("mlflow_run_id"):

@@ -354,8 +354,11 @@ def test_a_network_trained_on_float_data_is_refused(tmp_path):
 
 
 def test_postgresql_registry(study, tmp_path):
-    base = postgres_url()  # skips loudly without a server
     import sqlalchemy
+
+    from search.storage import _with_driver
+
+    base = _with_driver(postgres_url())  # skips loudly without a server
 
     schema = f"reg_{uuid.uuid4().hex[:8]}"  # MLflow's tables apart from Optuna's (both keep alembic_version)
     engine = sqlalchemy.create_engine(base)
@@ -372,7 +375,7 @@ def test_postgresql_registry(study, tmp_path):
         assert "no source run: the trial's MLflow run is not in this store" in printed.getvalue()
         client = MlflowClient(uri, registry_uri=uri)
         versions = sorted(client.search_model_versions("name = 'pg-net'"), key=lambda v: int(v.version))
-        assert [v.version for v in versions] == ["1", "2"]
+        assert [str(v.version) for v in versions] == ["1", "2"]
         assert versions[0].tags["resnext_nas.weights"].startswith("the weights file w.safetensors")
         assert [m.version for m in study_models(uri, "http://h", "digits")] == ["1", "2"]
         import mlflow
