@@ -269,13 +269,15 @@ def test_served_model_answers_like_predict_and_refuses_bad_requests(study, tmp_p
         status, body = post(f"{url}/invocations", {"inputs": colour[:5].tolist()})
         assert status == 200 and [r["class"] for r in body["predictions"]] == [r["class"] for r in rows[:5]]
 
-        for bad, says in [(images[..., 0].tolist(), "does not match expected shape (-1, -1, -1, -1)"),
-                          ((images[:2].astype(int) + 250).tolist(), "out of bounds for uint8"),
-                          ([[[[-1]]]], "out of bounds for uint8"),
-                          (np.zeros((1, 2, 8, 8), int).tolist(), "NHWC or NCHW, with 1 (grey) or 3 (colour)")]:
+        # a wrong shape or dtype: MLflow's 400, its message naming the input the model expects
+        for bad, says in [(images[..., 0].tolist(),  # NHW: no channel axis
+                           ["Tensor('uint8', (-1, -1, -1, -1))", "Shape of input (40, 8, 8) does not match"]),
+                          ((images[:2].astype(int) + 250).tolist(), ["out of bounds for uint8"]),
+                          ([[[[-1]]]], ["out of bounds for uint8"]),
+                          (np.zeros((1, 2, 8, 8), int).tolist(),  # 2 channels
+                           ["expected a uint8 array of 8-bit images, NHWC or NCHW, with 1 (grey) or 3 (colour)"])]:
             status, body = post(f"{url}/invocations", {"inputs": bad})
-            assert status == 400 and says in body["message"], body
-            assert "Tensor('uint8', (-1, -1, -1, -1))" in body["message"] or "uint8" in body["message"]
+            assert status == 400 and all(s in body["message"] for s in says), body
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
