@@ -19,8 +19,9 @@ version of ``NAME``:
   the model and its version carry tags naming the study, trial, network, spec hash, recipe
   fingerprint and objective values.
 
-The module imports mlflow, torch and ``search.export`` only: the served model imports it. The
-study side (config, tracking) is imported inside the functions that register.
+The served model imports this module: at import it needs only what the model carries (``space``,
+``search.export``) and requires (mlflow, torch, numpy, pandas, PyYAML). The study side (config,
+storage, tracking) is imported inside the functions that register.
 """
 
 from __future__ import annotations
