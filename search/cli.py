@@ -199,6 +199,10 @@ def cmd_export(args) -> int:
                         f"--onnx, train it with `resnext-nas evaluate {args.experiment or 'EXPERIMENT.yaml'} "
                         f"{args.out} --weights w.safetensors`, then rerun this with --weights w.safetensors")
     _, cfg = _read("export", args.experiment, args.study, args.set, args.storage)
+    if args.register:
+        from search.registry import check_registry
+
+        check_registry(cfg.tracking.uri, args.register)
     doc = export_best(cfg, args.pick, args.out, cfg.storage_url)
     print(f"wrote {args.out}: {doc['name']} from trial {doc['provenance']['trial']} "
           f"({doc['complexity']['params']:,} params)")
@@ -207,7 +211,40 @@ def cmd_export(args) -> int:
         print(f"wrote {rep['path']}: ONNX graph (opset {rep['opset']}, input {rep['input']}, output logits); "
               f"onnxruntime {rep['onnxruntime']} vs PyTorch: max abs diff {rep['max_abs_diff']:.2e} "
               f"(tolerance {rep['atol']:g})")
+    if args.register:
+        _register(cfg, args.out, args.weights, args.register)
     return 0
+
+
+def _trained(report: dict) -> str:
+    return (f"{report['epochs']:g} epochs, seed {report['seed']}, {report['threads']} threads; test accuracy "
+            f"{report['test_accuracy']:.4f} on {report['test_images']} test images")
+
+
+def _register(cfg, exported, weights, name: str, note: str | None = None) -> None:
+    """``--register NAME``: the exported network, with ``weights`` (else retrained now), as an MLflow model."""
+    import json
+    import tempfile
+
+    from search.export import evaluate_exported, exported_provenance, weights_metadata
+    from search.registry import describe, register_network
+    from search.tracking import quiet_mlflow
+
+    quiet_mlflow()
+    with tempfile.TemporaryDirectory(prefix="resnext-nas-weights-") as tmp:
+        if weights is None:
+            prov = exported_provenance(exported)
+            print(f"no trained weights given (--weights): retraining trial {prov.get('trial')}'s network with the "
+                  f"trial's seed ({prov.get('seed')}) and threads ({prov.get('threads') or 'all'})", flush=True)
+            _tune(prov.get("threads"))
+            weights = Path(tmp) / "weights.safetensors"
+            note = "retrained for the registration: " + _trained(evaluate_exported(cfg, exported, weights_out=weights))
+        elif note is None:
+            meta = json.loads(weights_metadata(weights).get("provenance", "{}"))
+            note = (f"the weights file {Path(weights).name} (`resnext-nas evaluate`: {meta.get('epochs')} epochs, "
+                    f"seed {meta.get('seed')}; test accuracy {meta.get('test_accuracy')})")
+        print(f"weights: {note}")
+        print(describe(register_network(cfg, exported, weights, name, note)))
 
 
 def cmd_predict(args) -> int:
@@ -258,12 +295,20 @@ def cmd_report(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    import tempfile
+
     from search.export import evaluate_exported, exported_provenance
 
     cfg = _experiment(args)
+    if args.register:
+        from search.registry import check_registry
+
+        check_registry(cfg.tracking.uri, args.register)
     recorded = exported_provenance(args.exported).get("threads")
     _tune(recorded)  # the trial's thread count: CPU results depend on it
-    report = evaluate_exported(cfg, args.exported, epochs=args.epochs, weights_out=args.weights)
+    tmp = tempfile.TemporaryDirectory(prefix="resnext-nas-weights-") if args.register and not args.weights else None
+    weights = args.weights or (str(Path(tmp.name) / "weights.safetensors") if tmp else None)
+    report = evaluate_exported(cfg, args.exported, epochs=args.epochs, weights_out=weights)
     search_acc = report["search_val_accuracy"]
     print(f"{report['name']}: trained {report['epochs']:g} epochs (seed {report['seed']}, {report['threads']} "
           f"threads): val accuracy {report['val_accuracy']:.4f} (in the search: "
@@ -271,6 +316,8 @@ def cmd_evaluate(args) -> int:
           + f"), test accuracy {report['test_accuracy']:.4f} on {report['test_images']} test images")
     if args.weights:
         print(f"weights saved to {args.weights} (safetensors)")
+    if args.register:
+        _register(cfg, args.exported, weights, args.register, "trained by `resnext-nas evaluate`: " + _trained(report))
     return 0
 
 
@@ -481,7 +528,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output YAML path")
     s.add_argument("--onnx", metavar="PATH", help="also write the trained network as an ONNX graph (needs --weights), "
                                                   "checked against PyTorch with onnxruntime")
-    s.add_argument("--weights", metavar="W", help="the network's trained weights (`evaluate --weights W`), for --onnx")
+    s.add_argument("--weights", metavar="W", help="the network's trained weights (`evaluate --weights W`), for --onnx "
+                                                  "and --register")
+    s.add_argument("--register", metavar="NAME", help="also log the trained network as an MLflow model and register "
+                                                      "it as a new version of NAME (retrained now without --weights)")
 
     s = sub.add_parser("report", help="one self-contained HTML report of a study; several experiments: compare")
     s.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="experiment YAML file(s)")
@@ -499,6 +549,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("exported", help="YAML written by `resnext-nas export`")
     s.add_argument("--epochs", type=float, help="training epochs (default: train.epochs of the experiment)")
     s.add_argument("--weights", help="save the trained weights to this .safetensors file")
+    s.add_argument("--register", metavar="NAME", help="also log the trained network as an MLflow model and register "
+                                                      "it as a new version of NAME")
 
     s = sub.add_parser("predict", help="classify image files with a trained exported network")
     s.add_argument("model", help="weights written by `evaluate --weights` (self-contained), or the export YAML "
