@@ -75,6 +75,7 @@ class StudyData:
     pruned: int
     hosts: list[str]
     study: optuna.Study = field(repr=False)
+    models: list = field(default_factory=list)  # its registered model versions (search.registry.ModelLink)
 
 
 def collect(study: optuna.Study, cfg: ExperimentConfig, experiment: str | None = None, label: str | None = None,

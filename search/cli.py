@@ -20,6 +20,8 @@ from search.errors import guarded, redact, redact_text
 from space import SearchSpace, complexity, layer_complexity, load_spec, preset
 from space.errors import SpecError
 
+DASHBOARD = "http://127.0.0.1:5000"  # where `resnext-nas ui` serves the MLflow dashboard by default
+
 
 def human(n: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -288,10 +290,25 @@ def cmd_report(args) -> int:
     labels = unique_labels([cfg.study_name for _, cfg in read], origins)
     datas = [collect(study, cfg, experiment, label, cfg.storage_url)
              for (study, cfg), (experiment, _), label in zip(read, sources, labels, strict=True)]
+    for data, (_, cfg) in zip(datas, read, strict=True):
+        data.models = _registered(cfg.tracking.uri if cfg.tracking.enabled else None, DASHBOARD, cfg.study_name)
     out = write_report(datas, args.out or default_out(labels))
     what = f"study '{labels[0]}'" if len(datas) == 1 else f"{len(datas)} studies ({', '.join(labels)})"
     print(f"wrote {out}: the report of {what}; open it in a browser (works offline)")
     return 0
+
+
+def _registered(uri: str | None, base_url: str, study: str) -> list:
+    """A study's registered model versions with their dashboard links; none without a tracking store (None),
+    or where the store has no registry (a file store) or cannot be read: links never make a command fail."""
+    if uri is None:
+        return []
+    from search.registry import study_models
+
+    try:
+        return study_models(uri, base_url, study)
+    except SpecError:
+        return []
 
 
 def cmd_evaluate(args) -> int:
@@ -449,6 +466,8 @@ def cmd_ui(args) -> int:
         print(f"\n{link.experiment} / study {link.study}: {link.front_size} networks on the Pareto front, "
               f"{link.trials} trial runs\n  Pareto front: {link.front}\n  all trials:   {link.all_trials}\n"
               f"  report:       {link.report}", flush=True)
+        for m in _registered(uri, url, link.study):
+            print(f"  model:        {m.name} version {m.version} (trial {m.trial}): {m.version_url}", flush=True)
     if not links:
         print("no study in this store yet: run `resnext-nas search EXP.yaml`", flush=True)
     cmd = ui_command(mlflow, uri, args.host, args.port, args.workers)
@@ -583,7 +602,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of EXPERIMENT")
     s.add_argument("--tracking-uri", help="default sqlite:///mlruns/mlflow.db (or EXPERIMENT's tracking.uri)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    s.add_argument("--port", type=int, default=5000)
+    s.add_argument("--port", type=int, default=int(DASHBOARD.rsplit(":", 1)[1]))
     s.add_argument("--workers", type=int, default=1, metavar="N",
                    help="server worker processes (default 1: enough for one person browsing; MLflow's own default 4)")
     s.set_defaults(fn=cmd_ui)

@@ -472,6 +472,13 @@ def study_report(data: StudyData, environment: dict | None = None) -> str:
                    row_classes=["knee" if r is data.knee else "" for r in sorted(data.front, key=lambda r: r.number)])
         page.parts.append("</div></details>")
 
+    if data.models:
+        page.data["registered_models"] = [vars(m) for m in data.models]
+        page.note("Registered in the MLflow Model Registry (links open the dashboard of <code>resnext-nas ui</code>): "
+                  + "; ".join(f'<a href="{_esc(m.version_url)}">{_esc(m.name)} version {_esc(m.version)}</a> '
+                              f"(trial {_esc(m.trial)}, <code>{_esc(m.network)}</code>)" for m in data.models),
+                  "models")
+
     page.section("hypervolume", "Hypervolume", "The volume the front dominates, after each completed trial, against "
                  "the study's fixed reference point (accuracy from 0, each cost normalised by the reference below). "
                  "Compute counts trained networks only: reused and skipped proposals are free.")

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -188,6 +189,27 @@ def test_study_models_gives_dashboard_urls(study):
     assert links[1].model_url.startswith(f"http://127.0.0.1:5000/#/experiments/{exp_id}/models/m-")
     assert links[1].run_url == f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning"
     assert study_models(study.uri, "http://x", "another-study") == []
+
+
+def test_report_and_ui_link_the_registered_versions(study, tmp_path):
+    """The study's report and `resnext-nas ui` name each registered version with its dashboard page."""
+    from .test_dashboard import Server, free_port
+
+    out = tmp_path / "report.html"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["report", str(study.exp), "--out", str(out)]) == 0
+    page = out.read_text()
+    for v in ("1", "2"):
+        assert f'href="http://127.0.0.1:5000/#/models/{NAME}/versions/{v}"' in page
+
+    port = free_port()
+    server = Server([sys.executable, "-m", "search.cli", "ui", str(study.exp), "--port", str(port)])
+    try:
+        lines = server.wait_for(rf"model: +{NAME} version 2 \(trial \d+\): (\S+)", 60)
+        assert lines.group(1) == f"http://127.0.0.1:{port}/#/models/{NAME}/versions/2"
+        assert re.search(rf"model: +{NAME} version 1 ", server.output())
+    finally:
+        server.stop()
 
 
 # -- using it without resnext-nas -------------------------------------------------------------------
