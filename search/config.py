@@ -263,7 +263,7 @@ class SearchConfig:
     """The study: its name and storage, the sampler, how many networks it trains and when it stops."""
 
     study_name: str | None = None    # Optuna study name; null = the experiment file's name
-    sampler: str = "nsga2"           # nsga2 | tpe | random | grid | costaware (docs/search-quality.md: which when)
+    sampler: str = "costaware"       # costaware | nsga2 | tpe | random | grid (docs/search-quality.md: which when)
     n_trials: int = 12               # networks trained to completion (over the whole study: resuming tops up)
     timeout_s: float | None = None   # stop starting new trials after this many seconds
     seed: int = 0                    # seeds the sampler and, with the trial number, every trial
