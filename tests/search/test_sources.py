@@ -268,3 +268,36 @@ def test_a_folder_study_exports_a_network_that_predicts_its_class_names(tmp_path
                      "--weights", str(weights)]) == 0
         meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
         assert json.loads(meta["resnext_nas.classes"]) == ["cat", "dog", "emu"]
+
+
+# -- channels of a built-in dataset, and studies recorded before these keys --------------------------------
+
+
+def test_channels_converts_a_built_in_dataset_and_sizes_the_network(tmp_path):
+    from search.config import experiment_from_dict
+    from search.export import Preprocessing
+
+    cfg = DataConfig(dataset="digits", channels=3)
+    s = load_splits(cfg, CPU)
+    assert cfg.info.in_ch == 3 and s.train_x.shape[1:] == (3, 16, 16)
+    assert torch.equal(s.train_x[:, 0], s.train_x[:, 2])  # grey repeated
+    assert Preprocessing.for_data(cfg, s.mean, s.std).channels == 3
+    exp = experiment_from_dict(tiny_raw(tmp_path, data={"dataset": "digits", "channels": 3}), name="c")
+    assert exp.space.in_ch == 3
+
+
+def test_a_study_recorded_before_channels_and_skip_unreadable_keeps_its_recipe(tmp_path):
+    from search.storage import recipe_diff
+
+    cfg = load_experiment_from_raw(tmp_path, tiny_raw(tmp_path))
+    now = recipe(cfg)
+    old = {k: v for k, v in now.items() if k not in ("data.channels", "data.skip_unreadable")}
+    assert recipe_diff(old, now) == [] and recipe_diff(old, now, reading=True) == []
+    assert recipe_diff(old, recipe(load_experiment_from_raw(tmp_path, tiny_raw(
+        tmp_path, data={"channels": 1}))))  # a changed value is still a difference
+
+
+def load_experiment_from_raw(tmp_path, raw):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_experiment(path)
