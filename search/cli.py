@@ -99,7 +99,8 @@ def _experiment(args):
     return load_experiment(args.experiment, overrides)
 
 
-def _read(command: str, experiment: str | None, study: str | None, overrides: list[str], storage: str | None):
+def _read(command: str, experiment: str | None, study: str | None, overrides: list[str], storage: str | None,
+          tracking_uri: str | None = None):
     """The study a reading command names (``pareto``, ``report``, ``export``) and the experiment it was run with.
 
     By its experiment file (the file's study name and storage; ``--set`` may change them) or by
@@ -111,7 +112,10 @@ def _read(command: str, experiment: str | None, study: str | None, overrides: li
         study: the study's name (``--study``), or None to take the file's.
         overrides: ``--set`` assignments for the experiment file.
         storage: the storage URL (``--storage``), or None for the file's (or the default).
+        tracking_uri: the MLflow tracking URI (``--tracking-uri``), or None for the file's (or the default).
     """
+    import dataclasses
+
     from search.config import DEFAULT_STORAGE, load_experiment
     from search.storage import read_study
 
@@ -129,7 +133,10 @@ def _read(command: str, experiment: str | None, study: str | None, overrides: li
         raise SpecError(f"{command}: name the study: an experiment file, or --study NAME (`resnext-nas studies` "
                         "lists them)")
     url = storage or (base.storage_url if base is not None else DEFAULT_STORAGE)
-    return read_study(study, url, base)
+    study, cfg = read_study(study, url, base)
+    if tracking_uri:
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=tracking_uri))
+    return study, cfg
 
 
 def _tune(threads: int | None) -> None:
@@ -185,7 +192,7 @@ def cmd_worker(args) -> int:
 def cmd_pareto(args) -> int:
     from search.results import describe_counts, finished_rows, front_table, outcome_counts, pareto_rows
 
-    study, cfg = _read("pareto", args.experiment, args.study, args.set, args.storage)
+    study, cfg = _read("pareto", args.experiment, args.study, args.set, args.storage, args.tracking_uri)
     table = front_table(pareto_rows(finished_rows(study, cfg.objectives), cfg.directions), cfg.objectives)
     print(f"study '{cfg.study_name}': {describe_counts(outcome_counts(study))}; {len(table)} networks on the "
           "feasible Pareto front")
@@ -200,7 +207,7 @@ def cmd_export(args) -> int:
         raise SpecError("--onnx needs trained weights (an export holds only the architecture): export without "
                         f"--onnx, train it with `resnext-nas evaluate {args.experiment or 'EXPERIMENT.yaml'} "
                         f"{args.out} --weights w.safetensors`, then rerun this with --weights w.safetensors")
-    _, cfg = _read("export", args.experiment, args.study, args.set, args.storage)
+    _, cfg = _read("export", args.experiment, args.study, args.set, args.storage, args.tracking_uri)
     if args.register:
         from search.registry import check_registry
 
@@ -284,7 +291,7 @@ def cmd_report(args) -> int:
         raise SpecError(f"report: {len(storages)} --storage values for {len(sources)} studies; give one (used for "
                         "all) or one per study: experiment files first, then each --study, in the same order")
     read = [_read("report", experiment, name, args.set if experiment else [],
-                  storages[0] if len(storages) == 1 else storages[i] if storages else None)
+                  storages[0] if len(storages) == 1 else storages[i] if storages else None, args.tracking_uri)
             for i, (experiment, name) in enumerate(sources)]
     origins = [experiment or redact(cfg.storage_url) for (experiment, _), (_, cfg) in zip(sources, read, strict=True)]
     labels = unique_labels([cfg.study_name for _, cfg in read], origins)
@@ -561,6 +568,8 @@ def parser() -> argparse.ArgumentParser:
                    help="override a key in every experiment, e.g. --set search.study_name=x (repeatable)")
     s.add_argument("--storage", action="append", metavar="URL",
                    help="Optuna storage URL (default: search.storage); once for all or once per experiment")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI, for the registered models' links (default: "
+                                          "tracking.uri)")
     s.set_defaults(fn=cmd_report)
 
     s = experiment_cmd("evaluate", "retrain an exported network and report its test accuracy", cmd_evaluate,
