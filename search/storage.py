@@ -235,8 +235,8 @@ def experiment_of(recorded: dict, study_name: str, storage_url: str,
     """
     tree: dict = {}
     for key, value in {**ADDED, **recorded}.items():
-        if key.endswith(".device_type"):  # derived from the device, not a key of the file
-            continue
+        if key.endswith(".device_type") or key in ("data.content", "data.classes"):  # derived from the device or
+            continue  # from the data's files, not keys of the file
         *parents, leaf = key.split(".")
         node = tree
         for p in parents:
