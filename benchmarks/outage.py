@@ -66,8 +66,11 @@ class CuttingProxy:
         auth = parts.netloc.rpartition("@")[0]
         return urlunsplit(parts._replace(netloc=f"{auth}@127.0.0.1:{self.port}" if auth else f"127.0.0.1:{self.port}"))
 
-    def restore(self) -> None:
-        """Accept connections again."""
+    def restore(self, url: str | None = None) -> None:
+        """Accept connections again (forwarded to ``url``'s host and port when given: a server started anew)."""
+        if url is not None:
+            parts = urlsplit(url)
+            self.target = (parts.hostname, parts.port)
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         for _ in range(100):  # the port may still be held for a moment after the cut

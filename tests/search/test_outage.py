@@ -6,6 +6,7 @@ failover does, without stopping the server other tests share. The tracking serve
 ``mlflow server`` killed and started again; the full disk is a small tmpfs (root only).
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -144,60 +145,64 @@ def free_port() -> int:
 
 
 class TrackingServer:
-    """``mlflow server`` on a SQLite store under tmp_path (no job runner): started, killed, started again."""
+    """``mlflow server`` on a SQLite store under tmp_path (no job runner)."""
 
-    def __init__(self, tmp_path) -> None:
-        self.tmp, self.port, self.proc, self.n = tmp_path, free_port(), None, 0
+    def __init__(self, tmp_path, n: int) -> None:
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
+        self.log = tmp_path / f"mlflow-server-{n}.log"
         mlflow = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
-        self.n += 1
-        log = open(self.tmp / f"mlflow-server-{self.n}.log", "wb")
-        self.proc = subprocess.Popen(
-            [mlflow, "server", "--backend-store-uri", f"sqlite:///{self.tmp}/server.db", "--artifacts-destination",
-             str(self.tmp / "served"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-            start_new_session=True)
-        deadline = time.monotonic() + 90
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [mlflow, "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+                 str(tmp_path / "served"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"{self.url}/health", timeout=1)
                 return
             except OSError:
-                assert self.proc.poll() is None, (self.tmp / f"mlflow-server-{self.n}.log").read_text()
+                assert self.proc.poll() is None, self.log.read_text()
                 time.sleep(0.3)
         raise AssertionError("the MLflow server did not start")
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc.poll() is None:
             os.killpg(self.proc.pid, 9)
             self.proc.wait()
 
 
 @pytest.mark.slow
 def test_tracking_server_killed_and_restarted_mid_study_ends_with_complete_runs(tmp_path):
-    server = TrackingServer(tmp_path)
-    server.start()
+    # The study reaches the server at one address (a proxy): the server is killed there, and its
+    # successor (started beforehand on the same store: a server takes seconds to start) takes
+    # over that address later, as a restarted server does.
+    first = TrackingServer(tmp_path, 1)
+    second = TrackingServer(tmp_path, 2)
+    address = CuttingProxy(first.url)
     try:
-        path = experiment(tmp_path, search={"n_trials": 8}, train=TRIALS, tracking={"uri": server.url})
+        path = experiment(tmp_path, search={"n_trials": 6}, train=TRIALS, tracking={"uri": address.url_through})
         proc = search(path)
         wait_for(lambda: trained(trials(path)) >= 1, 90, "a trained network", (proc,))
-        server.kill()
+        first.kill()
+        address.cut()
         wait_for(lambda: trained(trials(path)) >= 3, 90, "networks trained without the server", (proc,))
-        server.start()
+        address.restore(second.url)
         assert proc.wait(180) == 0, proc.output()
-        assert "[tracking]" in proc.output()
+        assert "[tracking]" in proc.output() and "please report" not in proc.output()
         runs_match_the_record(path)
         assert any(r.data.tags.get("restored") == "optuna" for r in mlflow_runs(path)[1].values())
 
         # a study that ends while the server is away: `resnext-nas sync` writes what it missed
-        other = experiment(tmp_path, name="other", search={"n_trials": 2}, train=TRIALS, tracking={"uri": server.url})
+        other = experiment(tmp_path, name="other", search={"n_trials": 2}, train=TRIALS,
+                           tracking={"uri": address.url_through})
         proc = search(other, log="other.log")
         wait_for(lambda: trained(trials(other)) >= 1, 90, "a trained network", (proc,))
-        server.kill()
+        address.cut()
         assert proc.wait(180) == 0, proc.output()
-        server.start()
+        address.restore()
         done = subprocess.run([sys.executable, "-m", "search.cli", "sync", str(other)], capture_output=True,
                               text=True, cwd=tmp_path, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -206,7 +211,9 @@ def test_tracking_server_killed_and_restarted_mid_study_ends_with_complete_runs(
         assert sorted(runs) == [t.number for t in ts] and {r.info.status for r in runs.values()} == {"FINISHED"}
         assert {n for n, r in runs.items() if r.data.tags.get("pareto") == "true"} == front(other)
     finally:
-        server.kill()
+        address.cut()
+        first.kill()
+        second.kill()
 
 
 def can_mount_tmpfs(where) -> bool:
@@ -224,18 +231,17 @@ def test_journal_on_a_full_disk_stops_with_the_file_named_and_resumes_once_there
         msg = "NO TMPFS: mounting a small filesystem needs root; the full-disk journal test did NOT run"
         warnings.warn(msg, pytest.PytestWarning, stacklevel=1)
         pytest.skip(msg)
+    procs = []
     try:
         journal = disk / "optuna.journal"
         path = experiment(tmp_path, storage=f"journal:{journal}", search={"n_trials": 4}, train=TRIALS)
         proc = search(path)
+        procs.append(proc)
         wait_for(lambda: trained(trials(path)) >= 1, 90, "a trained network", (proc,))
-        with open(disk / "filler", "wb") as f:  # fill the disk up
-            try:
+        with open(disk / "filler", "wb", buffering=0) as f:  # fill the disk up
+            with contextlib.suppress(OSError):
                 while True:
                     f.write(b"\0" * 4096)
-                    f.flush()
-            except OSError:
-                pass
         assert proc.wait(120) == 3, proc.output()
         last = proc.output().strip().splitlines()[-1]
         assert f"cannot write the study journal {journal}: No space left on device" in last
@@ -245,17 +251,21 @@ def test_journal_on_a_full_disk_stops_with_the_file_named_and_resumes_once_there
 
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         ro = search(path, log="readonly.log")
+        procs.append(ro)
         assert ro.wait(120) in (2, 3), ro.output()
         assert str(journal) in ro.output().strip().splitlines()[-1] and "Read-only" in ro.output()
         subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
 
         (disk / "filler").unlink()
         rerun = search(path, log="rerun.log")
+        procs.append(rerun)
         assert rerun.wait(120) == 0, rerun.output()
         ts = trials(path)
         assert "RUNNING" not in states(ts) and trained(ts) >= 4
         assert [t.number for t in done] == [t.number for t in ts][:len(done)]  # what was recorded is kept
     finally:
+        for p in procs:
+            p.kill()
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
