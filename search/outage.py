@@ -112,7 +112,6 @@ class Patience:
         self.down_since: float | None = None  # monotonic time of the first failure of the current outage
         self.last_failure = -float("inf")  # monotonic time of the last failure seen
         self.gave_up: StorageUnavailable | None = None
-        self.outages: list[tuple[float, float]] = []  # (seconds waited, seconds since the first failure) each
         self._said = -float("inf")
         self._lock = threading.Lock()
 
@@ -137,7 +136,6 @@ class Patience:
                 return
             waited = time.monotonic() - self.down_since
             self.down_since = None
-        self.outages.append((waited, waited))
         self._line(f"storage {self.name} reachable again after {waited:.0f} s; the study goes on")
 
     def give_up(self, reason: str) -> StorageUnavailable:

@@ -4,8 +4,8 @@ One MLflow experiment per experiment file, one parent run per study, one child r
 Runs are addressed by id through ``MlflowClient`` (no fluent "active run" state), so several
 studies or trials in one process cannot leak into each other. Every call that can fail on an
 unreachable store goes through ``Tracker._safe``: the failure is reported and the study goes on;
-the Optuna storage keeps the authoritative record. For ``TRACKING_RETRY_S`` after a failure the
-store is not called (a server that went away costs the study no time), and once it answers
+the Optuna storage keeps the authoritative record. For ``TRACKING_RETRY_S`` after a failure a
+tracking server is not called (a server that went away costs the study no time), and once it answers
 again the runs it missed are written from the Optuna record (``search.outage.sync_runs``;
 ``resnext-nas sync`` does the same by hand).
 """
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 ROLE, STUDY, TRIAL = "resnext_nas.role", "resnext_nas.study", "resnext_nas.trial"
 PARENT = "mlflow.parentRunId"
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
-TRACKING_RETRY_S = 15.0  # after a failed call, the store is left alone this long before it is tried again
+TRACKING_RETRY_S = 15.0  # after a failed call, a tracking server is left alone this long before it is tried again
 # a tracking server's HTTP client, unless set otherwise: MLflow's default retries a refused
 # connection for minutes (7 retries, backoff factor 2), each call of a trial stalling the study
 HTTP_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -80,9 +80,11 @@ class Tracker:
         self.uri = _abs_sqlite(cfg.uri)
         self.artifacts = cfg.artifacts
         self.experiment = cfg.experiment or experiment
-        if self.enabled and self.uri.startswith(("http://", "https://")):
+        server = self.enabled and self.uri.startswith(("http://", "https://"))
+        if server:
             for key, value in HTTP_CLIENT.items():
                 os.environ.setdefault(key, value)
+        self.retry_s = TRACKING_RETRY_S if server else 0.0  # a local store fails fast: always tried
         self.client = MlflowClient(self.uri) if self.enabled else None
         self.experiment_id: str | None = None
         self.experiment_tags: dict[str, str] = {}
@@ -101,11 +103,12 @@ class Tracker:
         except Exception as e:  # the store is down or refused: report, keep the study going
             self.failures += 1
             self.missed = True
-            self._retry_at = time.monotonic() + TRACKING_RETRY_S
+            self._retry_at = time.monotonic() + self.retry_s
             msg = error_line(e)
+            every = f"tried every {self.retry_s:g} s; " if self.retry_s else ""
             print(f"[tracking] {what} failed ({msg}); the study continues and Optuna keeps the record: the "
-                  f"runs are written when the store answers again (tried every {TRACKING_RETRY_S:g} s; "
-                  "`resnext-nas sync` does it by hand)", file=sys.stderr)
+                  f"runs are written when the store answers again ({every}`resnext-nas sync` does it by hand)",
+                  file=sys.stderr)
             return None
 
     def retry_now(self) -> None:
@@ -113,7 +116,7 @@ class Tracker:
         self._retry_at = 0.0
 
     def reachable(self) -> bool:
-        """Whether the store answers now (not asked again within ``TRACKING_RETRY_S`` of a failure)."""
+        """Whether the store answers now (a server is not asked again within ``TRACKING_RETRY_S`` of a failure)."""
         return self._safe("reaching the tracking store", self.client.get_experiment, self.experiment_id) is not None
 
     def _sqlite_wal(self) -> None:

@@ -92,9 +92,9 @@ def test_a_connection_error_is_an_outage_and_a_bad_call_is_not():
 
 @pytest.mark.slow
 def test_two_workers_ride_out_two_postgresql_outages(tmp_path, proxy):
-    path = pg_experiment(tmp_path, proxy, n_trials=6)
+    path = pg_experiment(tmp_path, proxy, n_trials=4)
     proc = search(path, "--workers", "2")
-    for after in (1, 3):
+    for after in (1, 2):
         wait_for(lambda n=after: trained(trials(path, postgres_url())) >= n, 90, f"{after} trained", (proc,))
         proxy.cut()
         time.sleep(OUTAGE_S)
@@ -106,7 +106,7 @@ def test_two_workers_ride_out_two_postgresql_outages(tmp_path, proxy):
 
     ts = trials(path, postgres_url())
     assert set(states(ts)) == {"COMPLETE"}  # nothing left RUNNING, no training lost
-    assert 6 <= trained(ts) <= 7  # the target (+1 when both workers finish at the same moment)
+    assert 4 <= trained(ts) <= 5  # the target (+1 when both workers finish at the same moment)
     hashes = [t.user_attrs["network"]["spec_hash"] for t in ts if t.user_attrs.get("outcome") == "trained"]
     assert len(hashes) == len(set(hashes))  # no network trained twice
     runs_match_the_record(path, postgres_url())
@@ -114,7 +114,7 @@ def test_two_workers_ride_out_two_postgresql_outages(tmp_path, proxy):
 
 @pytest.mark.slow
 def test_an_outage_past_the_patience_stops_with_status_3_and_a_rerun_finishes(tmp_path, proxy):
-    path = pg_experiment(tmp_path, proxy, n_trials=3, storage_patience_s=3)
+    path = pg_experiment(tmp_path, proxy, n_trials=2, storage_patience_s=3)
     proc = search(path, "--workers", "2")
     wait_for(lambda: [t for t in trials(path, postgres_url()) if "training" in t.user_attrs], 90,
              "a trial in training", (proc,))
@@ -130,7 +130,7 @@ def test_an_outage_past_the_patience_stops_with_status_3_and_a_rerun_finishes(tm
     rerun = search(path, "--workers", "2", log="rerun.log")
     assert rerun.wait(120) == 0, rerun.output()
     ts = trials(path, postgres_url())
-    assert "RUNNING" not in states(ts) and trained(ts) >= 3
+    assert "RUNNING" not in states(ts) and trained(ts) >= 2
     assert all(t.user_attrs.get("failure") == "lost" for t in ts if t.state.name == "FAIL")
     _, runs, _ = mlflow_runs(path)
     assert not [n for n, r in runs.items() if r.info.status == "RUNNING"]
