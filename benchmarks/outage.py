@@ -225,12 +225,17 @@ def bookkeeping(url: str, trials: int, rounds: int) -> dict[str, list[float]]:
 
     import optuna
 
-    from search.storage import open_storage
+    from search.outage import Patience, PatientRDBStorage
+    from search.storage import _with_driver, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore")
-    stores = {"plain RDBStorage": optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120),
-              "with the retry layer": open_storage(url, 30)}
+    stores = {"plain RDBStorage": optuna.storages.RDBStorage(_with_driver(url), heartbeat_interval=30,
+                                                                   grace_period=120),
+              "with the retry layer": open_storage(url, 30),
+              "retries, no pre-ping": PatientRDBStorage(_with_driver(url), Patience("pg", 600),
+                                                        engine_kwargs={"pool_pre_ping": False},
+                                                        heartbeat_interval=30, grace_period=120)}
     studies = {k: optuna.create_study(storage=s, study_name=f"bk-{uuid.uuid4().hex[:8]}",
                                       directions=["maximize", "minimize"]) for k, s in stores.items()}
     times: dict[str, list[float]] = {k: [] for k in stores}

@@ -202,11 +202,13 @@ class Patience:
         return time.monotonic() - self.last_failure < grace_s + 2 * BACKOFF_S[1]
 
 
-# the calls of every storage that go through the patience (BaseStorage's and BaseHeartbeat's)
+# the calls of every storage that go through the patience: BaseStorage's and BaseHeartbeat's, and
+# the RDB storage's private ones that Optuna's _CachedStorage (the study's view of it) calls directly
 _CALLS = sorted({name for base in (BaseStorage, BaseHeartbeat) for name, f in vars(base).items()
                  if callable(f) and not name.startswith("__")
                  and name not in ("get_heartbeat_interval", "get_heartbeat_stale_trial_callback",
-                                  "get_failed_trial_callback", "remove_session")})
+                                  "get_failed_trial_callback", "remove_session")}
+                | {"_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials"})
 
 
 def _patient(cls):

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -289,14 +290,27 @@ def test_an_unwritable_journal_directory_is_a_clear_error(tmp_path):
         os.chmod(where, 0o755)
 
 
-def test_proxy_cut_is_an_outage_for_a_real_storage(proxy):
-    storage = open_storage(proxy.url_through, patience_s=30)
-    sid = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], f"cut-{uuid.uuid4().hex[:8]}")
-    proxy.cut()
-    threading_restore = __import__("threading").Timer(1.5, proxy.restore)
-    threading_restore.start()
-    t0 = time.monotonic()
-    assert storage.get_study_name_from_id(sid).startswith("cut-")  # waited, reconnected, answered
-    assert time.monotonic() - t0 >= 1.0
-    storage.delete_study(sid)
+def test_every_call_of_a_trial_waits_through_a_cut(proxy):
+    """Ask, suggest (Optuna's cache calls the RDB storage's private methods), attributes, tell: each waits."""
+    storage = open_storage(proxy.url_through, heartbeat_s=1, patience_s=30)
+    study = optuna.create_study(storage=storage, study_name=f"cut-{uuid.uuid4().hex[:8]}")
+    for step in ("ask", "suggest", "attr", "tell"):
+        proxy.cut()
+        timer = threading.Timer(1.0, proxy.restore)
+        timer.start()
+        t0 = time.monotonic()
+        if step == "ask":
+            trial = study.ask()
+        elif step == "suggest":
+            trial.suggest_int("x", 1, 4)
+        elif step == "attr":
+            trial.set_user_attr("metrics", {"val_accuracy": 0.5})
+        else:
+            study.tell(trial, 1.0)
+        assert time.monotonic() - t0 >= 0.9, step  # it waited for the server, then went through
+        timer.join()
+    done = study.trials[0]
+    assert done.state.name == "COMPLETE" and done.params == {"x": trial.params["x"]}
+    assert done.user_attrs["metrics"] == {"val_accuracy": 0.5}
+    optuna.delete_study(study_name=study.study_name, storage=storage)
     storage.engine.dispose()
