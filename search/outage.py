@@ -181,7 +181,7 @@ class Patience:
                 delay = min(delay, max(0.05, self.patience_s - waited))
                 if time.monotonic() - self._said >= SAY_EVERY_S:
                     self._said = time.monotonic()
-                    self._line(f"storage unreachable ({_reason(e)}), retrying in {delay:.0f} s; waited "
+                    self._line(f"storage unreachable ({_reason(e)}), retrying in {delay:.1f} s; waited "
                                f"{waited:.0f} s of {self.patience_s:g}")
                 time.sleep(delay)
                 continue
