@@ -268,6 +268,8 @@ def work(cfg: ExperimentConfig, *, storage_url: str | None = None, quiet: bool =
 
     Raises:
         StudyAborted: this worker saw ``search.max_consecutive_failures`` failures in a row.
+        StorageUnavailable: the study storage was unreachable past ``search.storage_patience_s``
+            or could not be written.
     """
     quiet_libraries()
     device = resolve_device(cfg.train.device)
@@ -395,6 +397,8 @@ def run_search(cfg: ExperimentConfig, *, storage_url: str | None = None, quiet: 
         SpecError: a check failed; nothing was recorded.
         StudyAborted: repeated trial failures, or every worker died, before ``n_trials``.
         KeyboardInterrupt: Ctrl-C or SIGTERM; the running trials end FAIL (MLflow: KILLED).
+        StorageUnavailable: the study storage was unreachable past ``search.storage_patience_s``
+            or could not be written; the next run fails the trials it left running.
     """
     quiet_libraries()
     url = storage_url or cfg.storage_url
@@ -440,8 +444,9 @@ def run_search(cfg: ExperimentConfig, *, storage_url: str | None = None, quiet: 
                 summary = summarize(study, cfg, tracker, parent_id)
                 if short is not None and summary.counts[TRAINED] < cfg.search.n_trials:
                     status = "FAILED"
-                tracker.retry_now()
-                sync_runs(study, cfg, tracker, parent_id)  # runs a tracking outage kept from the store
+                if status != "KILLED":  # the runs a tracking outage kept from the store
+                    tracker.retry_now()
+                    sync_runs(study, cfg, tracker, parent_id)
                 tracker.end_orphan_runs(parent_id, {t.number: t.state.name for t in study.get_trials(deepcopy=False)})
                 log_study_artifacts(summary, cfg)
                 if status != "KILLED":  # Ctrl-C wants out now; the report can be made later (resnext-nas report)

@@ -128,7 +128,7 @@ def test_an_outage_past_the_patience_stops_with_status_3_and_a_rerun_finishes(tm
     assert ":***@" in last and postgres_url().split("@")[0].split(":")[-1] not in out  # password hidden
 
     proxy.restore()
-    rerun = search(path, "--workers", "2", log="rerun.log")
+    rerun = search(path, log="rerun.log")  # one process: enough to resume
     assert rerun.wait(120) == 0, rerun.output()
     ts = trials(path, postgres_url())
     assert "RUNNING" not in states(ts) and trained(ts) >= 2
