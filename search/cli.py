@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from search.errors import guarded, redact, redact_text
+from search.errors import StorageUnavailable, guarded, redact, redact_text
 from space import SearchSpace, complexity, layer_complexity, load_spec, preset
 from space.errors import SpecError
 
@@ -186,6 +186,28 @@ def cmd_worker(args) -> int:
         return 1
     print(f"{end_note(summary, cfg)}; {len(summary.front)} networks on the feasible Pareto front "
           "(`resnext-nas pareto` shows them)")
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from search.outage import sync_runs
+    from search.tracking import Tracker
+
+    study, cfg = _read("sync", args.experiment, None, args.set, args.storage, args.tracking_uri)
+    if not cfg.tracking.enabled:
+        raise SpecError("tracking.enabled is false for this experiment: there is no MLflow store to sync")
+    tracker = Tracker(cfg.tracking, cfg.name)
+    tracker.check()
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if parent_id is None or tracker.experiment_id is None:
+        raise SpecError(f"study '{cfg.study_name}' has no MLflow run in {redact(tracker.uri)}: it was run with "
+                        "another tracking.uri (--tracking-uri) or with tracking off")
+    done = sync_runs(study, cfg, tracker, parent_id)
+    if done is None:
+        raise SpecError(f"the MLflow tracking store {redact(tracker.uri)} stopped answering (see above); "
+                        "rerun `resnext-nas sync` once it is back")
+    print(f"study '{cfg.study_name}': {done['created']} trial runs created and {done['ended']} completed from the "
+          f"Optuna record; pareto tags match `resnext-nas pareto`")
     return 0
 
 
@@ -546,6 +568,9 @@ def parser() -> argparse.ArgumentParser:
                                                           "per GPU, else 1)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    experiment_cmd("sync", "write the MLflow runs a tracking outage missed, from the study's Optuna record",
+                   cmd_sync)
+
     experiment_cmd("pareto", "print the feasible Pareto front of the study", cmd_pareto, by_name=True)
 
     s = experiment_cmd("export", "write one Pareto point as a self-contained YAML", cmd_export, by_name=True)
@@ -627,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
         except SpecError as e:
             print(f"error: {redact_text(str(e))}", file=sys.stderr)
             return 2
+        except StorageUnavailable as e:  # past search.storage_patience_s, or a journal that cannot be written
+            print(f"error: {redact_text(str(e))}", file=sys.stderr)
+            return 3
         except KeyboardInterrupt:
             print("\ninterrupted: finished trials are kept; rerun the same command to resume", file=sys.stderr)
             return 130

@@ -270,6 +270,7 @@ class SearchConfig:
     storage: str | None = None       # Optuna storage URL; null = journal:mlruns/optuna.journal
     max_consecutive_failures: int = 5  # stop the study after this many failed trials in a row
     heartbeat_s: int = 30            # s between heartbeats of a running trial (RDB storages); 4 missed = lost
+    storage_patience_s: float = 600  # s an unreachable storage is waited for before the command stops (exit 3)
     pruner: str = "none"             # none | asha: stop a trial at a rung unless in the top 1/eta there (search.asha)
     min_epochs: int = 1              # epochs at the first rung (asha); rungs at min_epochs * eta**k < train.epochs
     eta: int = 3                     # reduction factor (asha): a rung keeps the top 1/eta
@@ -286,6 +287,8 @@ class SearchConfig:
             raise SpecError("search.max_consecutive_failures must be > 0")
         if self.heartbeat_s <= 0:
             raise SpecError(f"search.heartbeat_s must be a whole number of seconds > 0, got {self.heartbeat_s}")
+        if self.storage_patience_s < 0:
+            raise SpecError(f"search.storage_patience_s must be >= 0 seconds, got {self.storage_patience_s}")
         if self.pruner not in PRUNERS:
             raise SpecError(f"search.pruner: unknown '{self.pruner}'; use one of {', '.join(PRUNERS)}")
         if self.min_epochs < 1:

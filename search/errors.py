@@ -62,3 +62,10 @@ def guarded(fn, *args) -> int:
         return 1
 
 
+
+class StorageUnavailable(RuntimeError):
+    """The study storage stayed out of reach past ``search.storage_patience_s``, or cannot be written.
+
+    Its message is one line naming the storage (password hidden) and the cause; what was
+    recorded before is kept, and rerunning the same command resumes (exit status 3).
+    """

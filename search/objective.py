@@ -28,8 +28,9 @@ from search.asha import RUNGS_ATTR, decide, rung_epochs, rung_key, rung_losses
 from search.config import ExperimentConfig
 from search.data import Splits, steps_per_epoch
 from search.devices import device_name, memory_in_use, release_memory
-from search.errors import redact_text
+from search.errors import StorageUnavailable, redact_text
 from search.latency import measure_latency
+from search.outage import best_effort
 from search.pareto import to_losses
 from search.progress import Progress
 from search.results import NETWORK, OUT_OF_MEMORY, OVER_BUDGET, PRUNED, REUSED, STATIC, TRAINED, TRAINING, Ledger
@@ -166,6 +167,9 @@ class Objective:
                                "reason": info.get("reason", ""), "pareto": self._tag(trial, "false"),
                                **({"reused_from": info["reused_from"]} if "reused_from" in info else {})}}
             raise
+        except StorageUnavailable:  # the study storage is gone: the next run fails this trial as lost
+            record = {"tags": {"state": "failed", "fail_reason": "the study storage could not be reached or written"}}
+            raise
         except (KeyboardInterrupt, SystemExit) as e:
             status = "KILLED"
             reason = f"interrupted ({e})" if str(e) else "interrupted"
@@ -298,7 +302,8 @@ class Objective:
         def on_epoch(record) -> None:
             history.append(record)
             self.progress.epoch(record)
-            trial.set_user_attr("epochs_done", record.epoch)
+            with best_effort():  # progress only: training goes on while the storage is away
+                trial.set_user_attr("epochs_done", record.epoch)
             if record.epoch in rungs:
                 self._rung(trial, record, records, known)
 

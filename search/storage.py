@@ -25,12 +25,14 @@ from search.config import ExperimentConfig, experiment_from_dict
 from search.errors import error_line, redact
 from space.errors import SpecError
 
+DEFAULT_PATIENCE_S = 600.0  # search.storage_patience_s's default
 LOST_AFTER = 4  # missed heartbeats after which a running trial is declared lost (RDB storages)
 # settings that may change when a study is resumed: they decide how much is run, where and how it
 # is watched, never what a trial's result is
 RESUMABLE = ("search.n_trials", "search.budget_epochs", "search.timeout_s", "search.sampler", "search.pruner",
              "search.min_epochs", "search.eta", "search.storage",
-             "search.max_consecutive_failures", "search.heartbeat_s", "train.threads", "--workers", "tracking.*")
+             "search.max_consecutive_failures", "search.heartbeat_s", "search.storage_patience_s", "train.threads",
+             "--workers", "tracking.*")
 
 
 def device_type(name: str) -> str:
@@ -127,8 +129,13 @@ def _with_driver(url: str) -> str:
     return url
 
 
-def open_storage(url: str, heartbeat_s: int = 30, on_stale: Callable | None = None):
+def open_storage(url: str, heartbeat_s: int = 30, on_stale: Callable | None = None,
+                 patience_s: float = DEFAULT_PATIENCE_S):
     """An Optuna storage for ``url``: journal file or RDB (sqlite/postgresql/mysql).
+
+    The storage waits for a server that goes away (``search.outage``): its calls are retried for
+    up to ``patience_s``, its pooled connections checked before use, and a journal write that
+    fails is undone.
 
     Args:
         url: ``journal:PATH`` (Optuna's journal file: several processes of one machine),
@@ -137,18 +144,25 @@ def open_storage(url: str, heartbeat_s: int = 30, on_stale: Callable | None = No
             declared lost after ``LOST_AFTER`` missed ones.
         on_stale: RDB storages only: called with (study, trial) for each trial Optuna itself
             fails for missed heartbeats (``reap_lost_trials`` usually gets there first).
+        patience_s: how long an unreachable storage is waited for (``search.storage_patience_s``).
     """
+    from search.outage import open_patient
+
     try:
         if url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend
-
             path = Path(url[len("journal:"):])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return open_patient(url, patience_s)
+            except OSError as e:
+                raise SpecError(f"cannot open the study journal {path}: {e.strerror or error_line(e)}; make its "
+                                "directory writable (and the disk not full) or set search.storage") from None
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return _experimental(optuna.storages.RDBStorage, _with_driver(url), heartbeat_interval=heartbeat_s,
+        return _experimental(open_patient, _with_driver(url), patience_s, url, heartbeat_interval=heartbeat_s,
                              grace_period=LOST_AFTER * heartbeat_s, heartbeat_stale_trial_callback=on_stale)
+    except SpecError:
+        raise
     except Exception as e:
         raise SpecError(f"cannot open the study storage {redact(url)}: "
                         f"{error_line(e)}; check the URL, the server and its "
@@ -312,7 +326,7 @@ def find_study(cfg: ExperimentConfig, storage_url: str | None = None, *,
     url = storage_url or cfg.storage_url
     if url.startswith("journal:") and not Path(url[len("journal:"):]).is_file():
         return None  # nothing there yet (and opening would create the file)
-    storage = open_storage(url, cfg.search.heartbeat_s, on_stale)
+    storage = open_storage(url, cfg.search.heartbeat_s, on_stale, cfg.search.storage_patience_s)
     try:
         study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=make_sampler(cfg))
     except KeyError:
@@ -341,7 +355,7 @@ def create_study(cfg: ExperimentConfig, storage_url: str | None, attrs: dict, *,
     writes stays.
     """
     url = storage_url or cfg.storage_url
-    storage = open_storage(url, cfg.search.heartbeat_s, on_stale)
+    storage = open_storage(url, cfg.search.heartbeat_s, on_stale, cfg.search.storage_patience_s)
     study = optuna.create_study(storage=storage, study_name=cfg.study_name, directions=cfg.directions,
                                 sampler=make_sampler(cfg), load_if_exists=True)
     if "recipe" in study.user_attrs:  # another process made it meanwhile

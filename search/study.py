@@ -30,9 +30,10 @@ from search import worker
 from search.config import ExperimentConfig
 from search.data import Splits, check_data, load_splits
 from search.devices import resolve_device, unfreeze
-from search.errors import RedactLogs, redact, redact_tree
+from search.errors import RedactLogs, StorageUnavailable, redact, redact_tree
 from search.latency import LATENCY_REFERENCE, check_backend, interleaves, reference_latency_ms
 from search.objective import Objective, largest_latency_ms
+from search.outage import gave_up, patience_of, sync_runs
 from search.progress import Progress
 from search.recovery import interruptible, on_stale, reap_lost_trials
 from search.report import log_report
@@ -162,6 +163,8 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
     study.sampler = make_sampler(cfg, seed)
 
     stream = worker.labelled(sys.stderr, label) if label else None
+    if (patience := patience_of(study)) is not None:
+        patience.label = label
     budget = cfg.search.budget_epochs
     progress = Progress(n, quiet=quiet, stream=stream, budget_epochs=budget)
     ledger = Ledger(cfg.objectives, cfg.directions).update(study)
@@ -226,6 +229,12 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
             except UpdateFinishedTrialError:  # declared lost (missed heartbeats) while it ran
                 print(f"{f'[{label}] ' if label else ''}a trial of this worker was declared lost by another "
                       "(missed heartbeats); its result is dropped", file=sys.stderr)
+            except Exception:
+                if (down := gave_up(study)) is not None:  # Optuna may have raised something else on the way
+                    raise down from None
+                raise
+            if tracker.missed and tracker.reachable():  # the tracking store is back: log what it missed
+                sync_runs(study, cfg, tracker, parent_id)
     finally:
         progress.close()
         unfreeze()  # release_memory may have frozen the survivors of each trial
@@ -259,6 +268,8 @@ def work(cfg: ExperimentConfig, *, storage_url: str | None = None, quiet: bool =
 
     Raises:
         StudyAborted: this worker saw ``search.max_consecutive_failures`` failures in a row.
+        StorageUnavailable: the study storage was unreachable past ``search.storage_patience_s``
+            or could not be written.
     """
     quiet_libraries()
     device = resolve_device(cfg.train.device)
@@ -290,6 +301,8 @@ def _run_workers(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, u
               f"'{cfg.study_name}' in {redact(url)}", file=sys.stderr)
 
     def on_exit(e: worker.WorkerExit) -> None:
+        if e.code == worker.EXIT_STORAGE:
+            return  # the storage is gone: its trials are failed by the next run
         reap_lost_trials(study, tracker)
         if e.code != 0:  # its lost trials, whichever process marked them
             here = worker.host()
@@ -303,6 +316,12 @@ def _run_workers(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, u
 
     payload = {"raw": cfg.raw, "name": cfg.name, "storage": url, "quiet": quiet}
     exits = worker.supervise(slots, payload, on_exit)
+    down = [e for e in exits if e.code == worker.EXIT_STORAGE]
+    if down:
+        raise StorageUnavailable(
+            f"{len(down)} of {len(exits)} workers stopped because the study storage {redact(url)} could not be "
+            f"reached (for search.storage_patience_s = {cfg.search.storage_patience_s:g} s) or written (their lines "
+            "above say why); what was recorded is kept: rerun the same command once it is back to resume")
     reap_lost_trials(study, tracker)
     trained = outcome_counts(study)[TRAINED]
     if trained >= cfg.search.n_trials:
@@ -378,6 +397,8 @@ def run_search(cfg: ExperimentConfig, *, storage_url: str | None = None, quiet: 
         SpecError: a check failed; nothing was recorded.
         StudyAborted: repeated trial failures, or every worker died, before ``n_trials``.
         KeyboardInterrupt: Ctrl-C or SIGTERM; the running trials end FAIL (MLflow: KILLED).
+        StorageUnavailable: the study storage was unreachable past ``search.storage_patience_s``
+            or could not be written; the next run fails the trials it left running.
     """
     quiet_libraries()
     url = storage_url or cfg.storage_url
@@ -396,7 +417,7 @@ def run_search(cfg: ExperimentConfig, *, storage_url: str | None = None, quiet: 
     if parent_id and study.user_attrs.get("mlflow_parent_run_id") != parent_id:
         study.set_user_attr("mlflow_parent_run_id", parent_id)
 
-    status, short = "FINISHED", None
+    status, short, down = "FINISHED", None, False
     with interruptible():
         try:
             reap_lost_trials(study, tracker)
@@ -409,19 +430,28 @@ def run_search(cfg: ExperimentConfig, *, storage_url: str | None = None, quiet: 
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except StorageUnavailable:
+            status, down = "FAILED", True
+            raise
         except BaseException:
             status = "FAILED"
             raise
         finally:
-            reap_lost_trials(study, tracker)
-            summary = summarize(study, cfg, tracker, parent_id)
-            if short is not None and summary.counts[TRAINED] < cfg.search.n_trials:
-                status = "FAILED"
-            tracker.end_orphan_runs(parent_id, {t.number: t.state.name for t in study.get_trials(deepcopy=False)})
-            log_study_artifacts(summary, cfg)
-            if status != "KILLED":  # Ctrl-C wants out now; the report can be made later (resnext-nas report)
-                log_report(summary, cfg)
-            tracker.end(parent_id, status)
+            if down:  # nothing more can be read or written there: the next run fails what was left running
+                tracker.end(parent_id, status)
+            else:
+                reap_lost_trials(study, tracker)
+                summary = summarize(study, cfg, tracker, parent_id)
+                if short is not None and summary.counts[TRAINED] < cfg.search.n_trials:
+                    status = "FAILED"
+                if status != "KILLED":  # the runs a tracking outage kept from the store
+                    tracker.retry_now()
+                    sync_runs(study, cfg, tracker, parent_id)
+                tracker.end_orphan_runs(parent_id, {t.number: t.state.name for t in study.get_trials(deepcopy=False)})
+                log_study_artifacts(summary, cfg)
+                if status != "KILLED":  # Ctrl-C wants out now; the report can be made later (resnext-nas report)
+                    log_report(summary, cfg)
+                tracker.end(parent_id, status)
     if status == "FAILED":
         raise StudyAborted(short)
     return summary

@@ -3,8 +3,11 @@
 One MLflow experiment per experiment file, one parent run per study, one child run per trial.
 Runs are addressed by id through ``MlflowClient`` (no fluent "active run" state), so several
 studies or trials in one process cannot leak into each other. Every call that can fail on an
-unreachable store goes through ``Tracker._safe``: the failure is reported once per kind and the
-study goes on; the Optuna storage keeps the authoritative record.
+unreachable store goes through ``Tracker._safe``: the failure is reported and the study goes on;
+the Optuna storage keeps the authoritative record. For ``TRACKING_RETRY_S`` after a failure a
+tracking server is not called (a server that went away costs the study no time), and once it answers
+again the runs it missed are written from the Optuna record (``search.outage.sync_runs``;
+``resnext-nas sync`` does the same by hand).
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ log = logging.getLogger(__name__)
 ROLE, STUDY, TRIAL = "resnext_nas.role", "resnext_nas.study", "resnext_nas.trial"
 PARENT = "mlflow.parentRunId"
 BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+TRACKING_RETRY_S = 15.0  # after a failed call, a tracking server is left alone this long before it is tried again
+# a tracking server's HTTP client, unless set otherwise: MLflow's default retries a refused
+# connection for minutes (7 retries, backoff factor 2), each call of a trial stalling the study
+HTTP_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 # MLflow 3's UI opens an experiment in its GenAI view (traces, assistant) unless it is told the
 # experiment is a model-training one. Two switches, both found in the 3.17 UI bundle
@@ -72,22 +80,44 @@ class Tracker:
         self.uri = _abs_sqlite(cfg.uri)
         self.artifacts = cfg.artifacts
         self.experiment = cfg.experiment or experiment
+        server = self.enabled and self.uri.startswith(("http://", "https://"))
+        if server:
+            for key, value in HTTP_CLIENT.items():
+                os.environ.setdefault(key, value)
+        self.retry_s = TRACKING_RETRY_S if server else 0.0  # a local store fails fast: always tried
         self.client = MlflowClient(self.uri) if self.enabled else None
         self.experiment_id: str | None = None
         self.experiment_tags: dict[str, str] = {}
         self.failures = 0
+        self.missed = False  # a write failed or was skipped: the runs lack part of the Optuna record
+        self._retry_at = 0.0  # monotonic time before which the store is not called (it failed)
 
     def _safe(self, what: str, fn, *args, **kwargs):
         if not self.enabled:
+            return None
+        if time.monotonic() < self._retry_at:
+            self.missed = True
             return None
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # the store is down or refused: report, keep the study going
             self.failures += 1
+            self.missed = True
+            self._retry_at = time.monotonic() + self.retry_s
             msg = error_line(e)
-            print(f"[tracking] {what} failed ({msg}); the study continues and Optuna keeps the record",
+            every = f"tried every {self.retry_s:g} s; " if self.retry_s else ""
+            print(f"[tracking] {what} failed ({msg}); the study continues and Optuna keeps the record: the "
+                  f"runs are written when the store answers again ({every}`resnext-nas sync` does it by hand)",
                   file=sys.stderr)
             return None
+
+    def retry_now(self) -> None:
+        """Let the next call reach the store even if one failed within ``TRACKING_RETRY_S`` (a study's end)."""
+        self._retry_at = 0.0
+
+    def reachable(self) -> bool:
+        """Whether the store answers now (a server is not asked again within ``TRACKING_RETRY_S`` of a failure)."""
+        return self._safe("reaching the tracking store", self.client.get_experiment, self.experiment_id) is not None
 
     def _sqlite_wal(self) -> None:
         """Put a SQLite store in WAL mode (a property of the database file, set once).
@@ -323,6 +353,36 @@ class Tracker:
                     self.client.set_tag(run.info.run_id, "state", "lost")
                 self.client.set_terminated(run.info.run_id, status)
         self._safe("closing orphaned runs", sweep)
+
+    def runs_by_trial(self, parent_id: str) -> dict[int, list[tuple[str, str]]] | None:
+        """Trial number -> [(run id, status)] of a study's trial runs; None when the store cannot be read."""
+        def read():
+            out: dict[int, list[tuple[str, str]]] = {}
+            for run in self.trial_runs(parent_id):
+                number = run.data.tags.get(TRIAL)
+                if number is not None:
+                    out.setdefault(int(number), []).append((run.info.run_id, run.info.status))
+            return out
+        return self._safe("reading the study's runs", read)
+
+    def restore_run(self, parent_id: str, study_name: str, number: int, run_id: str | None, status: str,
+                    record: dict) -> bool:
+        """Give a finished trial the run it would have had: created if missing, its record logged, ended.
+
+        Args:
+            parent_id: the study's run.
+            study_name: the study.
+            number: the trial's number.
+            run_id: its run when it has one (left RUNNING by a failed write), else None.
+            status: FINISHED, FAILED or KILLED.
+            record: ``params``, ``metrics``, ``series`` and ``tags`` (what ``finish`` takes).
+
+        Returns the run's id (None when it could not be created).
+        """
+        if run_id is None:
+            run_id = self.start_trial(parent_id, study_name, number, record.get("tags", {}))
+        self.finish(run_id, status, **record)
+        return run_id
 
     def trial_runs(self, parent_id: str) -> list:
         """All child runs of a study (for tests and summaries)."""

@@ -28,6 +28,7 @@ from search.devices import cpu_cores, visible_gpus
 
 HOST_ENV = "RESNEXT_NAS_HOST"  # names this machine in trial records; default: its hostname
 EXIT_ABORTED = 3  # a worker stopped by search.max_consecutive_failures
+EXIT_STORAGE = 4  # a worker stopped because the study storage could not be reached or written
 EXIT_INTERRUPTED = 130
 STOP_GRACE_S = 30.0  # how long interrupted workers get to record their trials before SIGKILL
 
@@ -134,6 +135,7 @@ class WorkerExit:
             except ValueError:
                 return f"killed by signal {-self.code}"
         return {0: "done", EXIT_ABORTED: "stopped by repeated trial failures",
+                EXIT_STORAGE: "stopped: the study storage could not be reached or written",
                 EXIT_INTERRUPTED: "interrupted"}.get(self.code, f"failed (exit status {self.code})")
 
 

@@ -17,9 +17,9 @@ import time
 
 from search.config import experiment_from_dict
 from search.devices import tune_process
-from search.errors import guarded, redact_text
+from search.errors import StorageUnavailable, guarded, redact_text
 from search.study import StudyAborted, work
-from search.worker import EXIT_ABORTED, EXIT_INTERRUPTED, Slot
+from search.worker import EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_STORAGE, Slot
 from space.errors import SpecError
 
 
@@ -46,6 +46,9 @@ def main() -> int:
     except StudyAborted as e:
         print(f"[{label}] {redact_text(str(e))}", file=sys.stderr)
         return EXIT_ABORTED
+    except StorageUnavailable as e:
+        print(f"[{label}] stopping: {redact_text(str(e))}", file=sys.stderr)
+        return EXIT_STORAGE
     except SpecError as e:
         print(f"[{label}] error: {redact_text(str(e))}", file=sys.stderr)
         return 2
