@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/resnext-nas search experiments/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check space search tests benchmarks

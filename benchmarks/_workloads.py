@@ -113,7 +113,7 @@ class StoreWrites:
 
     For a benchmark's clock with ``trial`` (the trial in progress) and ``commits``/``appends``
     dicts; ``commit`` is an SQLAlchemy ``Engine`` commit listener, ``counted_append`` wraps
-    ``JournalFileBackend.append_logs``.
+    ``search.outage.SafeJournalFileBackend.append_logs`` (the backend studies write with).
     """
 
     trial: int

@@ -37,7 +37,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
 
-from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -47,6 +46,7 @@ from benchmarks._proposals import PATCHES, check_pareto_tags, sqlite_files
 from benchmarks._report import env_header, footer, median, set_threads, target
 from benchmarks._workloads import StoreWrites, tiny_study
 from search.config import ExperimentConfig
+from search.outage import SafeJournalFileBackend as JournalFileBackend  # the journal backend studies write with
 
 TRIAL_S = 10.0  # the reference trial length the share is computed against
 TARGET_SHARE = 0.03  # <= 3% of a 10-second trial

@@ -58,7 +58,6 @@ import numpy as np
 import optuna
 import torch
 import yaml
-from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -70,6 +69,7 @@ from benchmarks._report import env_header, footer, median, set_threads, target
 from benchmarks._workloads import StoreWrites
 from search.config import ExperimentConfig, load_experiment
 from search.latency import Latency
+from search.outage import SafeJournalFileBackend as JournalFileBackend  # the journal backend studies write with
 from search.results import REUSED, TRAINED, finished_rows, front_table, outcome_counts, pareto_rows
 from search.storage import load_study
 from search.train import EpochRecord, TrainResult

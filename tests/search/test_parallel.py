@@ -38,8 +38,10 @@ def test_local_workers_share_one_journal_study(tmp_path):
 @pytest.mark.slow
 def test_search_and_a_joining_worker_share_a_postgresql_study(tmp_path):
     url = postgres_url()
+    # 2.5 s per trial: the joining worker (a new interpreter: seconds of imports on a busy machine) must
+    # arrive while the study still has trials to give; proposals are never repeats (the default sampler)
     path = experiment(tmp_path, storage=url, search={"n_trials": 6, "study_name": f"pg-{uuid.uuid4().hex[:8]}"},
-                      train={"epochs": 1000, "seconds": 1.0})
+                      train={"epochs": 1000, "seconds": 2.5})
     owner = search(path, log="owner.log")
     wait_for(lambda: trials(path), 60, "the study", (owner,))
     joined = Proc(["worker", str(path), "--quiet"], tmp_path, "worker.log")
