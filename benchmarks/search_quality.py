@@ -18,7 +18,9 @@ noise between seeds against the spread of the space, which says whether the tabl
 
     python -m benchmarks.search_quality                 # replay (about a minute or two per strategy set)
     python -m benchmarks.search_quality --quick         # CI smoke: 3 seeds, 2 strategies, small budgets
-    python -m benchmarks.search_quality build           # re-make the table (~10 min on one core)
+    python -m benchmarks.search_quality build           # re-make the table (~10 min on one core); resumes a partial one
+    python -m benchmarks.search_quality build --experiment experiments/fashionmnist.yaml \
+        --set data.val_fraction=0.05 --table benchmarks/data/fashionmnist-table.json --jobs 2   # hours on 2 cores
     python -m benchmarks.search_quality noise           # seed noise vs the space's spread
     python -m benchmarks.search_quality real            # run_search itself, with and without the pruner
     python -m benchmarks.search_quality tune            # TPE's settings against random search
