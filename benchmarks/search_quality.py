@@ -211,6 +211,27 @@ class Table:
         return hypervolume(self.normalise(front), self.ref) / self.true_hv
 
 
+def describe(data: dict, table: Table) -> None:
+    """What a table says about its space before any replay: the spread of the final accuracy, the
+    seed noise it carries (``build``'s extra seeds), how well each epoch ranks the final accuracy."""
+    from scipy.stats import spearmanr
+
+    trained = [r for r in data["rows"] if "curve" in r]
+    final = np.array([r["curve"][-1] for r in trained])
+    spread = (final.max() - np.median(final)) * 100
+    print(f"accuracy:    final {final.min():.3f}-{final.max():.3f} (median {np.median(final):.3f}) over "
+          f"{len(trained)} networks; the better half's spread (best - median) {spread:.2f} points")
+    noisy = [list(r["seeds"].values()) for r in trained if "seeds" in r]
+    if noisy:
+        sd = float(np.mean([np.std(v, ddof=1) for v in noisy]))
+        print(f"noise:       seed sd {sd * 100:.2f} points (mean over {len(noisy)} networks x {len(noisy[0])} seeds, "
+              f"spread over the accuracy ranks)")
+    rho = [spearmanr([r["curve"][k] for r in trained], final)[0] for k in range(table.epochs - 1)]
+    if rho:
+        print("ranking:     Spearman correlation with the final accuracy of the accuracy after epoch "
+              + ", ".join(f"{k + 1}: {x:.2f}" for k, x in enumerate(rho)))
+
+
 # -- one replay ---------------------------------------------------------------------------------
 
 def replay(table: Table, cfg, sampler: str, pruner: bool, seed: int, budget: float, *, eta: int = 3,
@@ -356,6 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"pruner:      rungs at {rung_epochs(args.min_epochs, args.eta, table.epochs)} epochs (min_epochs "
           f"{args.min_epochs}, eta {args.eta}) of {table.epochs}")
     print(f"repeats:     {seeds} seeds per strategy; 95% intervals: bootstrap of the mean over seeds")
+    describe(data, table)
     t0 = time.perf_counter()
     runs = {name: [replay(table, cfg, *STRATEGIES[name], seed, budgets[-1], eta=args.eta,
                           min_epochs=args.min_epochs)[0] for seed in range(seeds)] for name in names}
