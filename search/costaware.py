@@ -42,11 +42,10 @@ MAX_FIT = 400  # trained networks the surrogate is fitted on, at most
 REFIT_GROWTH = 1.25  # the surrogate's hyperparameters are optimised again when its data grew by this factor
 
 
-def features(space: SearchSpace, params: dict) -> list[float]:
+def features(space: SearchSpace, params: dict, cx: Complexity | None = None) -> list[float]:
     """A network's features for the surrogate: log2 of each dimension's value (0 for absent
-    stages' depths), log10 of its params and MACs."""
-    spec = space.from_params(params)
-    cx = complexity(spec)
+    stages' depths), log10 of its params and MACs (``cx``, its complexity, when already known)."""
+    cx = cx or complexity(space.from_params(params))
     depths = [params.get(f"depth_{i + 1}", 0) for i in range(max(space.num_stages.choices))]
     dims = [params[k] for k in ("num_stages", "stem_ch", "bottleneck_ch", "channel_mult", "cardinality", "base_width")]
     return [math.log2(v) for v in dims] + [math.log2(1 + d) for d in depths] + [math.log10(cx.params),
@@ -130,7 +129,7 @@ class CostAwareSampler(optuna.samplers.BaseSampler):
             return rng.choice(pool)[0]
         fit = done[-MAX_FIT:]  # a Gaussian process costs n^3: fitted on the latest networks at most
         x_fit = np.array([features(self.space, t.params) for t in fit])
-        x_pool = np.array([features(self.space, p) for p, _ in pool])
+        x_pool = np.array([features(self.space, p, cx) for p, cx in pool])
         acc_i = self.objectives.index("val_accuracy")
         refit = len(fit) >= REFIT_GROWTH * self._fitted_on  # hyperparameters optimised again as the data grow
         mean, sd, kernel = _gp(x_fit, np.array([t.values[acc_i] for t in fit]), x_pool, self.seed,
