@@ -149,7 +149,8 @@ def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu", no
                "build_s": 0.0}
     table = {**old, "partial": True}
     rows = {r["hash"]: r for r in table["rows"]}
-    specs = [s for s in cfg.space.enumerate() if s.hash not in rows]
+    by_hash = {s.hash: s for s in cfg.space.enumerate()}
+    specs = [s for h, s in by_hash.items() if h not in rows]
     random.Random(0).shuffle(specs)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0, spent, total = time.perf_counter(), table.get("build_s", 0.0), len(rows) + len(specs)
@@ -166,7 +167,6 @@ def build(out: Path, overrides=OVERRIDES, jobs: int = 1, device: str = "cpu", no
             if "curve" in row:
                 save(partial=True)
                 print(f"  {len(rows)}/{total} networks, {time.perf_counter() - t0:.0f} s", flush=True)
-        by_hash = {s.hash: s for s in cfg.space.enumerate()}
         extra = {pool.submit(_tabulate, by_hash[h], seed): (h, seed)
                  for h in noise_picks(list(rows.values()), noise_nets) for seed in range(1, noise_seeds)
                  if str(seed) not in rows[h].get("seeds", {})}
