@@ -16,6 +16,11 @@ losses), largest first. The contribution is the quantity the study itself is jud
 scale per objective, which a contribution does not. A trial goes on when its place is within
 the top ``1/eta`` of the rung (at least the best one: like Optuna's SuccessiveHalvingPruner, the
 first ``eta - 1`` trials at a rung go on only while they lead it).
+
+Two pruners share this ranking (``search.pruner``): ``asha`` ranks a trial at the rungs of its
+own run (records under ``rungs``); ``probes`` first trains a complete short run per rung (its
+learning-rate schedule annealed, as the full run's is at its end) and ranks that (records under
+``probes``); a trial that goes on then trains its full run from scratch.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 from search.pareto import hypervolume, non_dominated, to_losses
 
 RUNGS_ATTR = "rungs"  # user attribute: {"<epochs>": [objective values there, in the study's order]}
+PROBES_ATTR = "probes"  # the same for complete short probe runs (pruner probes)
 
 
 def rung_epochs(min_epochs: int, eta: int, max_epochs: float) -> list[int]:
@@ -84,12 +90,13 @@ def decide(mine: Sequence[float], others: Sequence[Sequence[float]], eta: int) -
     return place < max(1, n // eta), place, n
 
 
-def rung_losses(trials, rung: int, directions: Sequence[str], exclude: int | None = None) -> list[list[float]]:
-    """The losses of the trials recorded at ``rung`` (any state), ``exclude`` (a trial number) left out.
+def rung_losses(trials, rung: int, directions: Sequence[str], exclude: int | None = None,
+                attr: str = RUNGS_ATTR) -> list[list[float]]:
+    """The losses of the trials recorded at ``rung`` in ``attr`` (any state), ``exclude`` (a trial number) left out.
 
     A record is the trial's objective values at the rung, in the study's objective order
     (accuracy at the rung, the costs), so it stands on its own.
     """
     key = rung_key(rung)
     return [list(to_losses(v, directions)) for t in trials
-            if t.number != exclude and (v := (t.user_attrs.get(RUNGS_ATTR) or {}).get(key)) is not None]
+            if t.number != exclude and (v := (t.user_attrs.get(attr) or {}).get(key)) is not None]

@@ -41,7 +41,7 @@ OBJECTIVES = {
     "latency_ms": ("minimize", "ms"),
 }
 SAMPLERS = ("tpe", "nsga2", "random", "grid", "costaware")
-PRUNERS = ("none", "asha")
+PRUNERS = ("none", "asha", "probes")
 # Optuna's journal file: safe for several local worker processes (see docs/scaling.md)
 DEFAULT_STORAGE = "journal:mlruns/optuna.journal"
 
@@ -271,9 +271,9 @@ class SearchConfig:
     max_consecutive_failures: int = 5  # stop the study after this many failed trials in a row
     heartbeat_s: int = 30            # s between heartbeats of a running trial (RDB storages); 4 missed = lost
     storage_patience_s: float = 600  # s an unreachable storage is waited for before the command stops (exit 3)
-    pruner: str = "none"             # none | asha: stop a trial at a rung unless in the top 1/eta there (search.asha)
-    min_epochs: int = 1              # epochs at the first rung (asha); rungs at min_epochs * eta**k < train.epochs
-    eta: int = 3                     # reduction factor (asha): a rung keeps the top 1/eta
+    pruner: str = "none"             # none | asha | probes: train in full only the top 1/eta at each rung (search.asha)
+    min_epochs: int = 1              # epochs at the first rung; rungs at min_epochs * eta**k < train.epochs
+    eta: int = 3                     # reduction factor: a rung keeps the top 1/eta
     budget_epochs: float | None = None  # training epochs over all trials; the study stops when spent; null = none
 
     def __post_init__(self) -> None:
@@ -297,8 +297,8 @@ class SearchConfig:
             raise SpecError(f"search.eta must be an integer >= 2, got {self.eta}")
         if self.budget_epochs is not None and self.budget_epochs <= 0:
             raise SpecError(f"search.budget_epochs must be > 0 or null, got {self.budget_epochs}")
-        if self.pruner == "asha" and self.sampler in ("nsga2", "grid"):
-            raise SpecError(f"search.pruner asha with search.sampler {self.sampler}: "
+        if self.pruner != "none" and self.sampler in ("nsga2", "grid"):
+            raise SpecError(f"search.pruner {self.pruner} with search.sampler {self.sampler}: "
                             + ("NSGA-II ignores stopped trials (they neither count towards a generation nor "
                                "inform it), so pruning only spends epochs it learns nothing from"
                                if self.sampler == "nsga2" else "a grid trains every network anyway")
@@ -623,8 +623,8 @@ def experiment_from_dict(raw: dict, name: str) -> ExperimentConfig:
         raise SpecError(f"objectives: repeated entries in {objectives}")
     cfg = ExperimentConfig(name, data, space, tuple(objectives), raw=raw, **{
         k: v for k, v in sections.items() if k != "data"})
-    if cfg.search.pruner == "asha" and cfg.search.min_epochs >= cfg.train.epochs:
-        raise SpecError(f"search.pruner asha needs search.min_epochs ({cfg.search.min_epochs}) below train.epochs "
+    if cfg.search.pruner != "none" and cfg.search.min_epochs >= cfg.train.epochs:
+        raise SpecError(f"search.pruner {cfg.search.pruner} needs search.min_epochs ({cfg.search.min_epochs}) below train.epochs "
                         f"({cfg.train.epochs:g}): there is no rung to stop a trial at; lower min_epochs")
     needs_latency = "latency_ms" in cfg.objectives or cfg.constraints.max_latency_ms is not None
     if needs_latency and not cfg.latency.enabled:

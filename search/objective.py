@@ -4,7 +4,7 @@ suggest a NetSpec -> analytic params/MACs -> over a static budget? never built (
 -> the study already trained this network? its result is reused (``reused``) -> latency of the
 untrained network (costs first: same compute; over ``max_latency_ms``? never trained) -> build,
 train briefly (``trained``), or stop at a rung of the pruner (``pruned``, Optuna state PRUNED:
-``search.asha``); a network that does not fit in the device's memory is
+``search.asha``: a rung of the trial's own run, or a complete short probe run before it); a network that does not fit in the device's memory is
 recorded as infeasible (``out_of_memory``), so the sampler learns the region and the same
 network is never tried again on that device. The trial's MLflow run is made as it starts (RUNNING,
 so the dashboard shows it) and gets the trial's record in one batch as it ends, always FINISHED,
@@ -19,12 +19,13 @@ import json
 import math
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 
 import optuna
 import torch
 
 from search import worker
-from search.asha import RUNGS_ATTR, decide, rung_epochs, rung_key, rung_losses
+from search.asha import PROBES_ATTR, RUNGS_ATTR, decide, rung_epochs, rung_key, rung_losses
 from search.config import ExperimentConfig
 from search.data import Splits, steps_per_epoch
 from search.devices import device_name, memory_in_use, release_memory
@@ -45,9 +46,12 @@ OOM_MARKERS = ("out of memory", "can't allocate memory", "ALLOC_FAILED")
 class Stopped(Exception):
     """Raised from a rung by the pruner: the trial is not in the top 1/eta there."""
 
-    def __init__(self, rung: int, place: int, of: int, keep: int, accuracy: float, train_time_s: float) -> None:
-        super().__init__(f"stopped at the {rung}-epoch rung: place {place} of {of} there, only the top {keep} go on")
-        self.rung, self.place, self.of, self.accuracy, self.train_time_s = rung, place, of, accuracy, train_time_s
+    def __init__(self, rung: int, place: int, of: int, keep: int, accuracy: float, epochs: float,
+                 train_time_s: float, probe: bool = False) -> None:
+        where = f"after its complete {rung}-epoch probe" if probe else f"at the {rung}-epoch rung"
+        super().__init__(f"stopped {where}: place {place} of {of} there, only the top {keep} go on")
+        self.rung, self.place, self.of, self.accuracy = rung, place, of, accuracy
+        self.epochs, self.train_time_s = epochs, train_time_s  # what the trial spent training, probes included
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -294,29 +298,37 @@ class Objective:
 
         seed = trial_seed(cfg.search.seed, trial.number)
         tags["seed"] = seed
-        rungs = set(rung_epochs(cfg.search.min_epochs, cfg.search.eta, cfg.train.epochs)
-                    if cfg.search.pruner == "asha" else ())
+        rungs = (rung_epochs(cfg.search.min_epochs, cfg.search.eta, cfg.train.epochs)
+                 if cfg.search.pruner != "none" else [])
         records: dict[str, list[float]] = {}
         history = []
+        probed = [0.0, 0.0]  # epochs and seconds of the complete probe runs (pruner probes)
 
         def on_epoch(record) -> None:
             history.append(record)
             self.progress.epoch(record)
             with best_effort():  # progress only: training goes on while the storage is away
                 trial.set_user_attr("epochs_done", record.epoch)
-            if record.epoch in rungs:
-                self._rung(trial, record, records, known)
+            if cfg.search.pruner == "asha" and record.epoch in rungs:
+                self._rung(trial, record, records, known, record.epoch, record.elapsed_s)
 
         # set as training begins (watchers and tests read it so); epochs_done follows after every epoch
         trial.set_user_attr(TRAINING, {"seed": seed, "threads": torch.get_num_threads()})
         try:
+            for rung in rungs if cfg.search.pruner == "probes" else ():
+                # a complete short run (its own schedule, annealed), from scratch; the full run starts afresh
+                _, probe = build_and_train(spec, self.splits, replace(cfg.train, epochs=rung), self.device, seed)
+                probed[0] += rung
+                probed[1] += probe.train_time_s
+                self.progress.note(f"{rung}-epoch probe: val {probe.val_accuracy:.4f}")
+                self._rung(trial, probe.history[-1], records, known, *probed, attr=PROBES_ATTR)
             model, result = build_and_train(spec, self.splits, cfg.train, self.device, seed, on_epoch)
         except Stopped as stop:
             trial.set_user_attr("outcome", PRUNED)
             reason = str(stop)
             trial.set_user_attr("pruned", {
                 "rung": stop.rung, "place": stop.place, "of": stop.of, "reason": reason,
-                "metrics": {**known, "val_accuracy": stop.accuracy, "epochs": stop.rung,
+                "metrics": {**known, "val_accuracy": stop.accuracy, "epochs": stop.epochs,
                             "train_time_s": stop.train_time_s}})
             self._set_curve(trial, history)
             self.progress.note(reason)
@@ -324,6 +336,8 @@ class Objective:
         per_epoch = steps_per_epoch(len(self.splits.train_y), cfg.train.batch_size)
         metrics = {**known, "val_accuracy": result.val_accuracy, "train_time_s": result.train_time_s,
                    "train_loss": result.history[-1].train_loss, "epochs": round(result.steps / per_epoch, 4)}
+        if probed[0]:
+            metrics.update(probe_epochs=probed[0], probe_time_s=probed[1])
         del model
         trial.set_user_attr("metrics", metrics)
         self._set_curve(trial, result.history)
@@ -336,18 +350,20 @@ class Objective:
         tags["pareto"] = self._tag(trial, "true" if on_front else "false")
         return values, metrics, series, tags
 
-    def _rung(self, trial: optuna.Trial, record, records: dict[str, list[float]], known: dict) -> None:
-        """At a rung: record this trial's values there, then go on only in the top 1/eta (else raise Stopped)."""
+    def _rung(self, trial: optuna.Trial, record, records: dict[str, list[float]], known: dict,
+              epochs: float, seconds: float, attr: str = RUNGS_ATTR) -> None:
+        """At a rung: record this trial's values there (``attr``), then go on only in the top 1/eta (else
+        raise Stopped, with the ``epochs`` and ``seconds`` of training spent so far)."""
         cfg = self.cfg
         values = [{**known, "val_accuracy": record.val_accuracy}[o] for o in cfg.objectives]
         records[rung_key(record.epoch)] = values
-        trial.set_user_attr(RUNGS_ATTR, dict(records))
+        trial.set_user_attr(attr, dict(records))
         others = rung_losses(trial.study.get_trials(deepcopy=False), record.epoch, cfg.directions,
-                             exclude=trial.number)
+                             exclude=trial.number, attr=attr)
         go, place, n = decide(to_losses(values, cfg.directions), others, cfg.search.eta)
         if not go:
             raise Stopped(record.epoch, place + 1, n, max(1, n // cfg.search.eta), record.val_accuracy,
-                          record.elapsed_s)
+                          epochs, seconds, probe=attr == PROBES_ATTR)
 
     @staticmethod
     def _set_curve(trial: optuna.Trial, history) -> None:

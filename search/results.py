@@ -120,13 +120,16 @@ def describe_counts(counts: dict[str, int]) -> str:
 
 
 def spent(t: optuna.trial.FrozenTrial) -> tuple[float, float]:
-    """``(training epochs, training seconds)`` a finished trial spent: a trained network's, a stopped one's, else 0."""
+    """``(training epochs, training seconds)`` a finished trial spent: a trained network's (its probe runs
+    included), a stopped one's, else 0."""
     if t.state == TrialState.COMPLETE and t.user_attrs.get("outcome", TRAINED) == TRAINED:
         m = t.user_attrs.get("metrics") or {}
-        return float(m.get("epochs") or 0), float(m.get("train_time_s") or 0)
+        return (float(m.get("epochs") or 0) + float(m.get("probe_epochs") or 0),
+                float(m.get("train_time_s") or 0) + float(m.get("probe_time_s") or 0))
     info = t.user_attrs.get("pruned") or {}
     if t.state == TrialState.PRUNED and "reused_from" not in info:
-        return float(info.get("rung", 0.0)), float((info.get("metrics") or {}).get("train_time_s", 0.0))
+        m = info.get("metrics") or {}
+        return float(m.get("epochs", info.get("rung", 0.0))), float(m.get("train_time_s", 0.0))
     return 0.0, 0.0
 
 
