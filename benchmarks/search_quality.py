@@ -25,6 +25,8 @@ noise between seeds against the spread of the space, which says whether the tabl
     python -m benchmarks.search_quality real            # run_search itself, with and without the pruner
     python -m benchmarks.search_quality tune            # TPE's settings against random search
     python -m benchmarks.search_quality probes          # complete short runs as the rung, against random
+    python -m benchmarks.search_quality probes --table benchmarks/data/fashionmnist-table.json \
+        --probe-tables benchmarks/data/fashionmnist-probe1.json
 """
 
 from __future__ import annotations
@@ -324,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="build/noise: the experiment file whose recipe the table trains (quickstart)")
     parser.add_argument("--jobs", type=int, default=1, help="build: training processes (1 thread each)")
     parser.add_argument("--device", default="cpu", help="build: where the networks train (cpu | cuda)")
+    parser.add_argument("--probe-tables", type=Path, nargs="+", default=list(PROBES),
+                        help="probes: tables of the --table's recipe with fewer train.epochs (complete short runs)")
     parser.add_argument("--eta", type=int, default=3)
     parser.add_argument("--min-epochs", type=int, default=1)
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
@@ -352,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.command == "probes":
         print(env_header("cpu"))
         result = probes(table, cfg, args.seeds or 10, [n * table.epochs for n in (10, 20, 30, 50, 100)],
-                        np.random.default_rng(0))
+                        np.random.default_rng(0), args.probe_tables)
         print(footer())
         return result
     if args.command == "real":
@@ -514,8 +518,11 @@ def replay_probe(table: Table, cfg, probe: dict, seed: int, budget: float, eta: 
     return history
 
 
-def probes(table: Table, cfg, seeds: int, budgets: list[float], rng) -> dict:
-    """Short complete runs as the rung (``replay_probe``) against random search, and how well they rank."""
+def probes(table: Table, cfg, seeds: int, budgets: list[float], rng, paths=PROBES) -> dict:
+    """Short complete runs as the rung (``replay_probe``) against random search, and how well they rank.
+
+    ``paths``: probe tables of the table's recipe with fewer ``train.epochs`` (``build --set train.epochs=1``).
+    """
     from scipy.stats import spearmanr
 
     runs = {"random": [replay(table, cfg, "random", False, seed, budgets[-1])[0] for seed in range(seeds)]}
@@ -524,7 +531,7 @@ def probes(table: Table, cfg, seeds: int, budgets: list[float], rng) -> dict:
     def rho(accuracy: dict) -> float:  # rank correlation with the long run's final accuracy
         return spearmanr([accuracy[h] for h in final], list(final.values()))[0]
 
-    for path in PROBES:
+    for path in paths:
         probe = {r["hash"]: r for r in json.loads(path.read_text())["rows"]}
         epochs = len(next(r for r in probe.values() if "curve" in r)["curve"])
         short = rho({h: probe[h]["curve"][-1] for h in final})

@@ -1,5 +1,6 @@
 """The study report (`resnext-nas report`): one offline HTML file whose numbers match the study."""
 
+import dataclasses
 import json
 import math
 import re
@@ -90,6 +91,30 @@ def test_report_of_a_real_study_is_one_offline_file_with_every_section(real_stud
     for r in front:
         assert f"trial {r.number}: epoch" in text
     assert "data.dataset" in text and "version: optuna" in text
+    # the strategy note: no static budget here, so every network of the space is within it
+    st = data["strategy"]
+    assert (st["sampler"], st["in_budget"], st["trained"]) == ("random", cfg.space.size(), len(trained_rows(rows)))
+    assert "consider sampler costaware over random" in text
+
+
+def test_the_strategy_estimates_the_networks_within_the_budget():
+    """The quickstart space's networks within the budget counted (264 of 384), and a larger space's estimated."""
+    from search.config import load_experiment
+    from space import complexity
+
+    cfg = load_experiment("experiments/quickstart.yaml")
+    exact = sum(complexity(s).params <= cfg.constraints.max_params for s in cfg.space.enumerate())
+    st = analysis.strategy(cfg, 30)
+    assert (st["space"], st["in_budget"], st["exact"]) == (384, exact, True)
+    assert st["share"] == pytest.approx(30 / st["in_budget"])
+    assert "costaware is the sampler to keep" in st["advice"]
+    everything = analysis.strategy(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=300)), 0)
+    assert "the sampler hardly matters" in everything["advice"]
+    big = load_experiment("experiments/quickstart.yaml", ["space.depth.high=4", "space.cardinality=[1,2,4,8,16]", "space.stem_ch=[8,16,24,32]"])
+    assert big.space.num_combinations() > analysis.EXACT_SPACE
+    estimate = analysis.strategy(big, 30)
+    exact = sum(complexity(s).params <= big.constraints.max_params for s in big.space.enumerate())
+    assert not estimate["exact"] and abs(estimate["in_budget"] - exact) <= 0.1 * exact
 
 
 @pytest.fixture(scope="module")
