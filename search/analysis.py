@@ -56,6 +56,7 @@ BOOT_SAMPLE = 0.25  # fraction of the networks in each resample (pycls: 0.25)
 COMPLEXITY_BINS = 8  # log-uniform complexity bins of the normalised EDFs
 MIN_IMPORTANCE = 20  # trained networks below which PED-ANOVA is not run (it wants >= 5 in its top 10%)
 MIN_EDF = 3  # networks a dimension value needs for its own EDF curve
+MIN_RANKED = 8  # trained networks below which the early epochs' ranking is not computed
 SPACE_DRAWS = 4000  # random networks the share of a larger space within its static budgets is estimated from
 EXACT_SPACE = 5000  # parameter combinations up to which the networks within the budgets are counted exactly
 
@@ -124,10 +125,23 @@ def collect(study: optuna.Study, cfg: ExperimentConfig, experiment: str | None =
                      trained, front, knee_row, dict(ref), study.user_attrs.get("recipe", {}),
                      study.user_attrs.get("fingerprint", ""), outcome_counts(study),
                      sorted(failures.values(), key=lambda f: -f["count"]), pruned, sorted(hosts), study,
-                     strategy=strategy(cfg, len(trained)))
+                     strategy=strategy(cfg, trained))
 
 
-def strategy(cfg: ExperimentConfig, trained: int) -> dict:
+def early_ranking(trained: list[Row]) -> dict[int, float]:
+    """Spearman correlation of the accuracy after epoch k with the final accuracy, over the trained
+    networks with complete curves (k below the last epoch; empty under ``MIN_RANKED`` networks):
+    how well a rung at epoch k would rank this study's networks."""
+    from scipy.stats import spearmanr
+
+    curves = [c for r in trained if len(c := (r.attrs.get("curve") or {}).get("val_accuracy") or []) > 1]
+    if len(curves) < MIN_RANKED or len({len(c) for c in curves}) > 1:
+        return {}
+    final = [c[-1] for c in curves]
+    return {k + 1: float(spearmanr([c[k] for c in curves], final)[0]) for k in range(len(curves[0]) - 1)}
+
+
+def strategy(cfg: ExperimentConfig, trained: list[Row]) -> dict:
     """The study's sampler and pruner against its space, and what the evidence says to use there.
 
     The networks within the static budgets (``max_params``, ``max_macs``) are counted in a space of
@@ -156,7 +170,7 @@ def strategy(cfg: ExperimentConfig, trained: int) -> dict:
             draws = sum(within(sub.from_params(sub.sample_params(rng))) for _ in range(SPACE_DRAWS // len(stages)))
             in_budget += round(sub.size() * draws / (SPACE_DRAWS // len(stages)))
     in_budget = max(1, in_budget)
-    share = trained / in_budget
+    share = len(trained) / in_budget
     s = cfg.search
     if s.n_trials >= in_budget:
         advice = ("n_trials reaches the networks within the budgets: any sampler ends up training (nearly) all "
@@ -167,8 +181,13 @@ def strategy(cfg: ExperimentConfig, trained: int) -> dict:
     else:
         advice = f"consider sampler costaware over {s.sampler}: " + SAMPLER_EVIDENCE
     advice += " " + PRUNER_EVIDENCE
+    rho = early_ranking(trained)
+    if rho:
+        advice += (" In this study the accuracy after epoch " + ", ".join(f"{k}: {v:.2f}" for k, v in rho.items())
+                   + f" ranks the final accuracy at that Spearman correlation ({len(trained)} networks); a rung "
+                   "there prunes on that ranking.")
     return {"sampler": s.sampler, "pruner": s.pruner, "space": size, "in_budget": in_budget, "exact": exact,
-            "trained": trained, "share": share, "advice": advice}
+            "trained": len(trained), "share": share, "early_ranking": rho, "advice": advice}
 
 
 SAMPLER_EVIDENCE = ("On the Fashion-MNIST table (264 networks within the budget) it found +0.036 [+0.018, +0.051] "

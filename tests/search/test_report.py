@@ -97,6 +97,19 @@ def test_report_of_a_real_study_is_one_offline_file_with_every_section(real_stud
     assert "consider sampler costaware over random" in text
 
 
+def test_early_ranking_is_the_rank_correlation_of_an_epoch_with_the_last():
+    from search.results import Row
+
+    def row(curve):
+        return Row(0, {}, True, {}, {"curve": {"val_accuracy": curve}})
+
+    rows = [row([0.1 * i, 0.5 + 0.01 * ((-1) ** i) * i, 0.2 + 0.01 * i]) for i in range(10)]
+    rho = analysis.early_ranking(rows)
+    assert set(rho) == {1, 2} and rho[1] == pytest.approx(1.0)  # epoch 1 in the final order
+    assert abs(rho[2]) < 0.5  # epoch 2 alternates around the middle
+    assert analysis.early_ranking(rows[:7]) == {}  # too few networks to say
+
+
 def test_the_strategy_estimates_the_networks_within_the_budget():
     """The quickstart space's networks within the budget counted (264 of 384), and a larger space's estimated."""
     from search.config import load_experiment
@@ -104,15 +117,15 @@ def test_the_strategy_estimates_the_networks_within_the_budget():
 
     cfg = load_experiment("experiments/quickstart.yaml")
     exact = sum(complexity(s).params <= cfg.constraints.max_params for s in cfg.space.enumerate())
-    st = analysis.strategy(cfg, 30)
+    st = analysis.strategy(cfg, [])
     assert (st["space"], st["in_budget"], st["exact"]) == (384, exact, True)
-    assert st["share"] == pytest.approx(30 / st["in_budget"])
+    assert st["share"] == 0 and st["early_ranking"] == {}
     assert "costaware is the sampler to keep" in st["advice"]
-    everything = analysis.strategy(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=300)), 0)
+    everything = analysis.strategy(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=300)), [])
     assert "the sampler hardly matters" in everything["advice"]
     big = load_experiment("experiments/quickstart.yaml", ["space.depth.high=4", "space.cardinality=[1,2,4,8,16]", "space.stem_ch=[8,16,24,32]"])
     assert big.space.num_combinations() > analysis.EXACT_SPACE
-    estimate = analysis.strategy(big, 30)
+    estimate = analysis.strategy(big, [])
     exact = sum(complexity(s).params <= big.constraints.max_params for s in big.space.enumerate())
     assert not estimate["exact"] and abs(estimate["in_budget"] - exact) <= 0.1 * exact
 
