@@ -28,7 +28,6 @@ of its seeds (so seed luck on the front's top is not what gets scored).
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing as mp
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import optuna
 
 from benchmarks._report import env_header, footer, set_threads, target
-from benchmarks.search_quality import ROOT, boot, diff_table
+from benchmarks.search_quality import ROOT, diff_table
 from search.pareto import hypervolume, non_dominated, to_losses
 from search.results import epochs_spent
 
@@ -174,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("benchmark: search quality on a space too large to tabulate (real studies, union front)")
     print(env_header("cpu"))
     cfg = experiment("random", 0, args.out, args.budget, args.set)
-    print(f"space:       {cfg.space.size():,} networks ({EXPERIMENT.name} + {' '.join(SPACE[:7])} {' '.join(args.set)})")
+    print(f"space:       {cfg.space.size():,} networks ({EXPERIMENT.name} + {' '.join(SPACE[:7])} "
+          f"{' '.join(args.set)})")
     print(f"studies:     {', '.join(strategies)} x {args.seeds} seeds, budget_epochs {args.budget:g} "
           f"({args.budget / cfg.train.epochs:g} full trainings) each; top {args.top} confirmed with "
           f"{args.confirm_seeds} seeds; {args.jobs} at once")
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(0)
     result = {}
     for use_confirmed in (False, True):
-        print(f"\nshare of the union front's hypervolume by epochs spent, difference to random [95% interval]"
+        print("\nshare of the union front's hypervolume by epochs spent, difference to random [95% interval]"
               + (" -- confirmed networks at their seed mean" if use_confirmed else " -- single trainings"))
         result[use_confirmed] = score(studies, budgets, use_confirmed, rng)
     if "costaware" in strategies and n:

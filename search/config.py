@@ -624,8 +624,9 @@ def experiment_from_dict(raw: dict, name: str) -> ExperimentConfig:
     cfg = ExperimentConfig(name, data, space, tuple(objectives), raw=raw, **{
         k: v for k, v in sections.items() if k != "data"})
     if cfg.search.pruner != "none" and cfg.search.min_epochs >= cfg.train.epochs:
-        raise SpecError(f"search.pruner {cfg.search.pruner} needs search.min_epochs ({cfg.search.min_epochs}) below train.epochs "
-                        f"({cfg.train.epochs:g}): there is no rung to stop a trial at; lower min_epochs")
+        raise SpecError(f"search.pruner {cfg.search.pruner} needs search.min_epochs ({cfg.search.min_epochs}) "
+                        f"below train.epochs ({cfg.train.epochs:g}): there is no rung to stop a trial at; "
+                        "lower min_epochs")
     needs_latency = "latency_ms" in cfg.objectives or cfg.constraints.max_latency_ms is not None
     if needs_latency and not cfg.latency.enabled:
         raise SpecError("latency.enabled is false but latency_ms is an objective or constraint; "

@@ -4,11 +4,11 @@ suggest a NetSpec -> analytic params/MACs -> over a static budget? never built (
 -> the study already trained this network? its result is reused (``reused``) -> latency of the
 untrained network (costs first: same compute; over ``max_latency_ms``? never trained) -> build,
 train briefly (``trained``), or stop at a rung of the pruner (``pruned``, Optuna state PRUNED:
-``search.asha``: a rung of the trial's own run, or a complete short probe run before it); a network that does not fit in the device's memory is
-recorded as infeasible (``out_of_memory``), so the sampler learns the region and the same
-network is never tried again on that device. The trial's MLflow run is made as it starts (RUNNING,
-so the dashboard shows it) and gets the trial's record in one batch as it ends, always FINISHED,
-FAILED or KILLED.
+``search.asha``: a rung of the trial's own run, or a complete short probe run before it); a
+network that does not fit in the device's memory is recorded as infeasible (``out_of_memory``),
+so the sampler learns the region and the same network is never tried again on that device. The
+trial's MLflow run is made as it starts (RUNNING, so the dashboard shows it) and gets the trial's
+record in one batch as it ends, always FINISHED, FAILED or KILLED.
 """
 
 from __future__ import annotations

@@ -492,9 +492,10 @@ def study_report(data: StudyData, environment: dict | None = None) -> str:
         page.note("No completed trial, or no reference point recorded on the study.", "warn")
     st = data.strategy
     page.data["strategy"] = st
+    about = "" if st["exact"] else "about "
     page.note(f"Strategy: sampler <code>{_esc(st['sampler'])}</code>, pruner <code>{_esc(st['pruner'])}</code>; "
-              f"{st['trained']} networks trained of {'' if st['exact'] else 'about '}{st['in_budget']:,} within the budgets ({st['share']:.1%}; "
-              f"the space holds {st['space']:,}). {_esc(st['advice'])}", "strategy")
+              f"{st['trained']} networks trained of {about}{st['in_budget']:,} within the budgets "
+              f"({st['share']:.1%}; the space holds {st['space']:,}). {_esc(st['advice'])}", "strategy")
 
     ds = design_space(data.trained)
     page.data["design_space"] = ds

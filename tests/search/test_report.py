@@ -123,7 +123,8 @@ def test_the_strategy_estimates_the_networks_within_the_budget():
     assert "costaware is the sampler to keep" in st["advice"]
     everything = analysis.strategy(dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, n_trials=300)), [])
     assert "the sampler hardly matters" in everything["advice"]
-    big = load_experiment("experiments/quickstart.yaml", ["space.depth.high=4", "space.cardinality=[1,2,4,8,16]", "space.stem_ch=[8,16,24,32]"])
+    big = load_experiment("experiments/quickstart.yaml",
+                          ["space.depth.high=4", "space.cardinality=[1,2,4,8,16]", "space.stem_ch=[8,16,24,32]"])
     assert big.space.num_combinations() > analysis.EXACT_SPACE
     estimate = analysis.strategy(big, [])
     exact = sum(complexity(s).params <= big.constraints.max_params for s in big.space.enumerate())
