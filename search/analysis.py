@@ -183,9 +183,9 @@ def strategy(cfg: ExperimentConfig, trained: list[Row]) -> dict:
     advice += " " + PRUNER_EVIDENCE
     rho = early_ranking(trained)
     if rho:
-        advice += (" In this study the accuracy after epoch " + ", ".join(f"{k}: {v:.2f}" for k, v in rho.items())
-                   + f" ranks the final accuracy at that Spearman correlation ({len(trained)} networks); a rung "
-                   "there prunes on that ranking.")
+        advice += (" In this study, the Spearman correlation of the accuracy after epoch k with the final accuracy "
+                   "is " + ", ".join(f"{v:.2f} (k = {k})" for k, v in rho.items())
+                   + f" over {len(trained)} networks: a rung at epoch k prunes on that ranking.")
     return {"sampler": s.sampler, "pruner": s.pruner, "space": size, "in_budget": in_budget, "exact": exact,
             "trained": len(trained), "share": share, "early_ranking": rho, "advice": advice}
 
