@@ -495,7 +495,7 @@ def study_report(data: StudyData, environment: dict | None = None) -> str:
     about = "" if st["exact"] else "about "
     page.note(f"Strategy: sampler <code>{_esc(st['sampler'])}</code>, pruner <code>{_esc(st['pruner'])}</code>; "
               f"{st['trained']} networks trained of {about}{st['in_budget']:,} within the budgets "
-              f"({st['share']:.1%}; the space holds {st['space']:,}). {_esc(st['advice'])}", "strategy")
+              f"({st['share']:.1%}; the space holds {st['space']:,}). {_esc(st['advice'])}", "note intro")
 
     ds = design_space(data.trained)
     page.data["design_space"] = ds
