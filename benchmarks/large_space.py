@@ -28,6 +28,7 @@ of its seeds (so seed luck on the front's top is not what gets scored).
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
 import time
 from pathlib import Path
@@ -61,9 +62,13 @@ def experiment(strategy: str, seed: int, out: Path, budget: float, extra=()):
 
     sampler, pruner = STRATEGIES[strategy]
     name = f"large-{strategy}-{seed}"
+    base = load_experiment(EXPERIMENT, [*SPACE, *extra])
+    # n_trials sizes the samplers (NSGA-II's population, the start-up trials) as a study of this budget;
+    # the budget binds first for a pruned study, whose stopped trials n_trials does not count
+    trials = math.ceil(budget / base.train.epochs)
     return load_experiment(EXPERIMENT, [*SPACE, *extra, f"search.sampler={sampler}", f"search.pruner={pruner}",
                                         f"search.seed={seed}", f"search.study_name={name}",
-                                        f"search.storage=journal:{out / name}.journal", "search.n_trials=100000",
+                                        f"search.storage=journal:{out / name}.journal", f"search.n_trials={trials}",
                                         f"search.budget_epochs={budget:g}"])
 
 
