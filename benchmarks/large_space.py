@@ -128,11 +128,12 @@ def score(studies: dict[str, list[list[dict]]], budgets: list[float], use_confir
     for name, runs in studies.items():
         histories[name] = []
         for rows in runs:
-            found, history = [], [(0.0, 0.0, 0)]
+            found, share, history = [], 0.0, [(0.0, 0.0, 0)]
             for r in rows:
-                if "acc" in r:
+                if "acc" in r:  # the front changes only with a trained network: stopped or skipped trials add epochs
                     found.append(losses(r))
-                history.append((r["epochs"], hv(found) / union, len(found)))
+                    share = hv(found) / union
+                history.append((r["epochs"], share, len(found)))
             histories[name].append(history)
     return diff_table(histories, budgets, rng, "strategy", 16)
 
