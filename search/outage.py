@@ -234,13 +234,17 @@ class PatientRDBStorage(RDBStorage):
     Args:
         url: the database URL.
         patience: how this process waits.
+        wait_to_open: whether opening it waits for an unreachable server too (it answered before).
         kwargs: ``RDBStorage``'s.
     """
 
-    def __init__(self, url: str, patience: Patience, **kwargs) -> None:
+    def __init__(self, url: str, patience: Patience, wait_to_open: bool = False, **kwargs) -> None:
         self.patience = patience
         engine_kwargs = {"pool_pre_ping": True, **(kwargs.pop("engine_kwargs", None) or {})}
-        super().__init__(url, engine_kwargs=engine_kwargs, **kwargs)
+        if wait_to_open:
+            patience.call(RDBStorage.__init__, self, url, engine_kwargs=engine_kwargs, **kwargs)
+        else:
+            super().__init__(url, engine_kwargs=engine_kwargs, **kwargs)
 
     def record_heartbeat(self, trial_id: int) -> None:
         with best_effort():  # a missed heartbeat must not stop the training
@@ -316,19 +320,21 @@ def gave_up(study: optuna.Study) -> StorageUnavailable | None:
     return patience.gave_up if patience is not None else None
 
 
-def open_patient(url: str, patience_s: float, name: str | None = None, **rdb_kwargs) -> BaseStorage:
+def open_patient(url: str, patience_s: float, name: str | None = None, wait_to_open: bool = False,
+                 **rdb_kwargs) -> BaseStorage:
     """The storage for ``url`` (``journal:PATH`` or an RDB URL with its driver), waiting ``patience_s``.
 
     Args:
         url: the storage URL.
         patience_s: ``search.storage_patience_s``.
         name: the storage in messages (default: ``url``, password hidden).
+        wait_to_open: an RDB server that cannot be reached is waited for when opening it too.
         rdb_kwargs: ``RDBStorage``'s (heartbeats).
     """
     patience = Patience(redact(name or url), patience_s)
     if url.startswith("journal:"):
         return PatientJournalStorage(url[len("journal:"):], patience)
-    return PatientRDBStorage(url, patience, **rdb_kwargs)
+    return PatientRDBStorage(url, patience, wait_to_open, **rdb_kwargs)
 
 
 # -- a tracking store that went away: its runs, written again from the Optuna record -------------

@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 
 from search.config import ExperimentConfig, experiment_from_dict
-from search.errors import error_line, redact
+from search.errors import StorageUnavailable, error_line, redact
 from space.errors import SpecError
 
 DEFAULT_PATIENCE_S = 600.0  # search.storage_patience_s's default
@@ -129,13 +129,26 @@ def _with_driver(url: str) -> str:
     return url
 
 
+_ANSWERED: set[str] = set()  # storage URLs that answered this process (``answered``)
+
+
+def answered(url: str) -> None:
+    """Note that the storage ``url`` answered: opening it again in this process waits through an outage.
+
+    A first open does not wait (there a refused connection is most often a wrong URL, said at
+    once); an open after the storage answered does, like every other call: a command's later
+    steps, and the workers ``resnext-nas search`` starts once its storage answered it.
+    """
+    _ANSWERED.add(url)
+
+
 def open_storage(url: str, heartbeat_s: int = 30, on_stale: Callable | None = None,
                  patience_s: float = DEFAULT_PATIENCE_S):
     """An Optuna storage for ``url``: journal file or RDB (sqlite/postgresql/mysql).
 
     The storage waits for a server that goes away (``search.outage``): its calls are retried for
     up to ``patience_s``, its pooled connections checked before use, and a journal write that
-    fails is undone.
+    fails is undone. Opening it waits too once it has answered this process (``answered``).
 
     Args:
         url: ``journal:PATH`` (Optuna's journal file: several processes of one machine),
@@ -159,9 +172,12 @@ def open_storage(url: str, heartbeat_s: int = 30, on_stale: Callable | None = No
                                 "directory writable (and the disk not full) or set search.storage") from None
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return _experimental(open_patient, _with_driver(url), patience_s, url, heartbeat_interval=heartbeat_s,
-                             grace_period=LOST_AFTER * heartbeat_s, heartbeat_stale_trial_callback=on_stale)
-    except SpecError:
+        storage = _experimental(open_patient, _with_driver(url), patience_s, url, url in _ANSWERED,
+                                heartbeat_interval=heartbeat_s, grace_period=LOST_AFTER * heartbeat_s,
+                                heartbeat_stale_trial_callback=on_stale)
+        answered(url)
+        return storage
+    except (SpecError, StorageUnavailable):
         raise
     except Exception as e:
         raise SpecError(f"cannot open the study storage {redact(url)}: "

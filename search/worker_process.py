@@ -18,6 +18,7 @@ import time
 from search.config import experiment_from_dict
 from search.devices import tune_process
 from search.errors import StorageUnavailable, guarded, redact_text
+from search.storage import answered
 from search.study import StudyAborted, work
 from search.worker import EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_STORAGE, Slot
 from space.errors import SpecError
@@ -40,6 +41,7 @@ def main() -> int:
     _exit_with_parent(spec["parent_pid"])
 
     label = f"w{slot.index}"
+    answered(spec["storage"])  # it answered the search that started this worker: a refusal now is an outage
     try:
         cfg = experiment_from_dict(spec["raw"], spec["name"])
         work(cfg, storage_url=spec["storage"], quiet=spec.get("quiet", False), label=label)

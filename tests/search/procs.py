@@ -121,6 +121,27 @@ def wait_for(predicate, timeout: float, what: str, procs: tuple[Proc, ...] = (),
     raise AssertionError(f"{what}: not within {timeout} s\n" + "\n".join(p.output() for p in procs))
 
 
+def process_tree(pid: int) -> dict[int, str]:
+    """``pid`` and its descendants (Linux /proc): pid -> command line."""
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1]) if entry.name.isdigit() else None
+        except OSError:
+            continue
+        if ppid is not None:
+            kids.setdefault(ppid, []).append(int(entry.name))
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            out[p] = (Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+        todo += kids.get(p, [])
+    return out
+
+
 def trials(path: Path, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
     """The study's trials as they are in its storage now ([] before the study exists)."""
     s = settings(path)

@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from tests.search.conftest import tiny_raw
+from tests.search.procs import process_tree
 
 pytestmark = pytest.mark.slow
 
@@ -188,27 +189,6 @@ def test_ui_prints_the_fronts_address_and_marks_the_experiment(study, ui):
     # the filter of the view selects exactly the front's runs, named after their networks
     runs = tracker.client.search_runs([exp_id], state["searchFilter"].replace('"', "'"))
     assert sorted(r.info.run_name for r in runs) == sorted(run_name(r) for r in study["front"])
-
-
-def process_tree(pid: int) -> dict[int, str]:
-    """``pid`` and its descendants (Linux /proc): pid -> command line."""
-    kids: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1]) if entry.name.isdigit() else None
-        except OSError:
-            continue
-        if ppid is not None:
-            kids.setdefault(ppid, []).append(int(entry.name))
-    out, todo = {}, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            out[p] = (Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:
-            continue
-        todo += kids.get(p, [])
-    return out
 
 
 def test_the_ui_starts_only_what_browsing_needs(ui):

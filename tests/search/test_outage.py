@@ -28,8 +28,9 @@ from search.errors import StorageUnavailable
 from search.outage import Patience, unreachable
 from search.results import finished_rows, pareto_rows
 from search.storage import load_study, open_storage
+from space.errors import SpecError
 
-from .procs import experiment, mlflow_runs, postgres_url, search, states, trained, trials, wait_for
+from .procs import experiment, mlflow_runs, postgres_url, process_tree, search, states, trained, trials, wait_for
 
 OUTAGE_S = 4.0  # each outage's length (a managed server's failover is 20-60 s; the mechanics are the same)
 TRIALS = {"epochs": 1000, "seconds": 1.0}  # every trial trains for one second
@@ -95,15 +96,19 @@ def test_a_connection_error_is_an_outage_and_a_bad_call_is_not():
 def test_two_workers_ride_out_two_postgresql_outages(tmp_path, proxy):
     path = pg_experiment(tmp_path, proxy, n_trials=4)
     proc = search(path, "--workers", "2")
-    for after in (1, 2):
-        wait_for(lambda n=after: trained(trials(path, postgres_url())) >= n, 90, f"{after} trained", (proc,))
+    # the first outage as the workers start (they open the storage in it), the second mid-study
+    for what, ready, length in (
+            ("workers started", lambda: any("search.worker_process" in c for c in process_tree(proc.pid).values()),
+             2 * OUTAGE_S),  # a worker imports for a few seconds before it opens the storage
+            ("1 trained", lambda: trained(trials(path, postgres_url())) >= 1, OUTAGE_S)):
+        wait_for(ready, 90, what, (proc,), every=0.05)
         proxy.cut()
-        time.sleep(OUTAGE_S)
+        time.sleep(length)
         proxy.restore()
     assert proc.wait(180) == 0, proc.output()
     out = proc.output()
     assert "storage unreachable (" in out and "reachable again after" in out
-    assert "please report it" not in out
+    assert "please report it" not in out, out
 
     ts = trials(path, postgres_url())
     # nothing left RUNNING, no training lost: a trial lost in an outage would be FAIL and its network
@@ -282,7 +287,6 @@ def test_an_unwritable_journal_directory_is_a_clear_error(tmp_path):
             pytest.skip("this user writes into read-only directories (root): the tmpfs test covers it")
         except PermissionError:
             pass
-        from space.errors import SpecError
 
         with pytest.raises(SpecError, match=f"cannot open the study journal {where}/optuna.journal: Permission denied"):
             open_storage(f"journal:{where}/optuna.journal")
@@ -314,3 +318,24 @@ def test_every_call_of_a_trial_waits_through_a_cut(proxy):
     assert done.user_attrs["metrics"] == {"val_accuracy": 0.5}
     optuna.delete_study(study_name=study.study_name, storage=storage)
     storage.engine.dispose()
+
+
+def test_opening_waits_once_the_storage_has_answered_and_a_first_refusal_is_said_at_once(proxy):
+    """A later step of a command (and a worker its search started) opens a storage that answered it before."""
+    open_storage(proxy.url_through).engine.dispose()
+    proxy.cut()
+    timer = threading.Timer(1.0, proxy.restore)
+    timer.start()
+    t0 = time.monotonic()
+    storage = open_storage(proxy.url_through, patience_s=30)
+    assert time.monotonic() - t0 >= 0.9  # it waited for the server, then opened
+    assert isinstance(optuna.get_all_study_names(storage), list)
+    storage.engine.dispose()
+    timer.join()
+
+    never = CuttingProxy(postgres_url())  # a URL this process has not seen answer: most often a wrong one
+    never.cut()
+    t0 = time.monotonic()
+    with pytest.raises(SpecError, match="cannot open the study storage postgresql:.*check the URL"):
+        open_storage(never.url_through, patience_s=30)
+    assert time.monotonic() - t0 < 5
