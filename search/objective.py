@@ -141,9 +141,11 @@ class Objective:
         # trial number -> the ``pareto`` tag its run ended with, as this worker's ledger saw the front
         # then; the loop compares it with the front once the trial is in and rewrites it if it differs
         self.pareto_tags: dict[int, str] = {}
+        self.trial_id: int | None = None  # the storage id of the trial this objective ran last
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         cfg = self.cfg
+        self.trial_id = trial._trial_id
         trial.set_user_attr("worker", self.worker)  # first: whoever finds this trial orphaned needs it
         spec = cfg.space.suggest(trial)
         cx = complexity(spec)

@@ -58,6 +58,24 @@ def _end_lost_run(tracker: Tracker | None, study: optuna.Study, trial: optuna.tr
     tracker.end(run_id, status)
 
 
+def lost_while_running(study: optuna.Study, trial_id: int | None,
+                       tracker: Tracker | None) -> optuna.trial.FrozenTrial | None:
+    """The trial this worker ran last, if another process failed it while it ran (declared lost); else None.
+
+    Optuna's ``study.optimize`` then raises as it records the trial (``UpdateFinishedTrialError``,
+    ``ValueError`` or ``AssertionError``, depending on where it finds the trial finished): the
+    worker drops the result and goes on. The trial's MLflow run, which the worker ended as its
+    own, is ended again as lost, as the process that failed it did.
+    """
+    if trial_id is None:
+        return None
+    t = study._storage.get_trial(trial_id)
+    if t.state != TrialState.FAIL:
+        return None
+    _end_lost_run(tracker, study, t, t.user_attrs.get("fail_reason", "lost: missed heartbeats"), "FAILED")
+    return t
+
+
 def reap_lost_trials(study: optuna.Study, tracker: Tracker | None = None,
                      unfinished: list[optuna.trial.FrozenTrial] | None = None) -> list[int]:
     """Fail the running trials whose worker is gone, end their MLflow runs; returns their numbers.

@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 import optuna
 import torch
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from search import worker
@@ -35,7 +34,7 @@ from search.latency import LATENCY_REFERENCE, check_backend, interleaves, refere
 from search.objective import Objective, largest_latency_ms
 from search.outage import gave_up, patience_of, sync_runs
 from search.progress import Progress
-from search.recovery import interruptible, on_stale, reap_lost_trials
+from search.recovery import interruptible, lost_while_running, on_stale, reap_lost_trials
 from search.report import log_report
 from search.results import (
     STATIC,
@@ -226,13 +225,13 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
                                callbacks=[limit, free, after_trial])
-            except UpdateFinishedTrialError:  # declared lost (missed heartbeats) while it ran
-                print(f"{f'[{label}] ' if label else ''}a trial of this worker was declared lost by another "
-                      "(missed heartbeats); its result is dropped", file=sys.stderr)
             except Exception:
                 if (down := gave_up(study)) is not None:  # Optuna may have raised something else on the way
                     raise down from None
-                raise
+                if (lost := lost_while_running(study, objective.trial_id, tracker)) is None:
+                    raise
+                print(f"{f'[{label}] ' if label else ''}trial {lost.number} of this worker was declared lost by "
+                      "another process (missed heartbeats) while it ran; its result is dropped", file=sys.stderr)
             if tracker.missed and tracker.reachable():  # the tracking store is back: log what it missed
                 sync_runs(study, cfg, tracker, parent_id)
     finally:

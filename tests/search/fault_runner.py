@@ -3,6 +3,8 @@
 Used by tests/search/test_failures.py. Arguments are those of ``resnext-nas``. Environment:
 
     FAULT_FAIL_TRIALS=1,3     these trials raise RuntimeError("injected fault ...") while evaluating
+    FAULT_LOSE_TRIALS=2       these trials are failed as lost while they train, as a process that missed
+                              their heartbeats does (Optuna's stale-trial check: the state only)
     FAULT_AS_HEADROOM_MB=N    cap the address space at its size after start-up + N MiB, so a network
                               that needs more fails to allocate, as on a machine out of memory
 """
@@ -32,13 +34,21 @@ def main() -> int:
     import search.study  # noqa: F401
     import search.tracking  # noqa: F401  (mlflow: search.results imports it for type hints only)
 
-    failing = {int(n) for n in os.environ.get("FAULT_FAIL_TRIALS", "").split(",") if n}
-    if failing:
+    failing, losing = ({int(n) for n in os.environ.get(f"FAULT_{what}_TRIALS", "").split(",") if n}
+                       for what in ("FAIL", "LOSE"))
+    if failing or losing:
+        from optuna.storages._cached_storage import _CachedStorage
+        from optuna.trial import TrialState
+
         evaluate = search.objective.Objective._evaluate
 
         def faulty(self, trial, spec, cx):
             if trial.number in failing:
                 raise RuntimeError(f"injected fault in trial {trial.number}")
+            if trial.number in losing:  # behind the study's cache, as another process writes
+                storage = trial.study._storage
+                storage = storage._backend if isinstance(storage, _CachedStorage) else storage
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             return evaluate(self, trial, spec, cx)
 
         search.objective.Objective._evaluate = faulty

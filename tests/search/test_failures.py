@@ -84,14 +84,17 @@ def test_nonfinite_loss_fails_at_once_and_repeated_failures_stop_the_study(tmp_p
 
 
 def test_any_other_exception_is_recorded_with_its_traceback_and_the_study_continues(tmp_path):
+    """Trial 1 raises; trial 2 is declared lost by another process while it trains (it goes on, then is dropped)."""
     path = experiment(tmp_path, search={"n_trials": 3})
     proc = Proc(["search", str(path), "--quiet", "--export-dir", str(tmp_path / "exports")], tmp_path,
-                "search.log", runner=True, env={"FAULT_FAIL_TRIALS": "1"})
+                "search.log", runner=True, env={"FAULT_FAIL_TRIALS": "1", "FAULT_LOSE_TRIALS": "2"})
     assert proc.wait() == 0, proc.output()
+    assert "trial 2 of this worker was declared lost by another process" in proc.output()
+    assert "please report" not in proc.output()
 
     ts = trials(path)
-    assert [t.state.name for t in ts] == ["COMPLETE", "FAIL"] + ["COMPLETE"] * (len(ts) - 2)
-    assert sum(t.user_attrs.get("outcome") == "trained" for t in ts) == 3  # a failed trial is not counted
+    assert [t.state.name for t in ts] == ["COMPLETE", "FAIL", "FAIL"] + ["COMPLETE"] * (len(ts) - 3)
+    assert sum(t.user_attrs.get("outcome") == "trained" for t in ts) == 3  # failed trials are not counted
     assert ts[1].user_attrs["failure"] == "error"
     assert ts[1].user_attrs["fail_reason"] == "RuntimeError: injected fault in trial 1"
     client, runs, parents = mlflow_runs(path)
@@ -99,7 +102,8 @@ def test_any_other_exception_is_recorded_with_its_traceback_and_the_study_contin
     assert runs[1].data.tags["fail_reason"] == "RuntimeError: injected fault in trial 1"
     text = open(client.download_artifacts(runs[1].info.run_id, "traceback.txt", str(tmp_path))).read()
     assert "Traceback (most recent call last)" in text and "injected fault in trial 1" in text
-    assert {runs[t.number].info.status for t in ts if t.number != 1} == {"FINISHED"}
+    assert runs[2].info.status == "FAILED" and runs[2].data.tags["state"] == "lost"
+    assert {runs[t.number].info.status for t in ts if t.number not in (1, 2)} == {"FINISHED"}
     assert [p.info.status for p in parents] == ["FINISHED"]
 
 

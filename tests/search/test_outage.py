@@ -58,8 +58,10 @@ def runs_match_the_record(path, storage=None) -> None:
 
 
 def pg_experiment(tmp_path, proxy, **search):
+    # heartbeats every 3 s: a trial is declared lost after 12 s without one, well past an outage of
+    # OUTAGE_S; a process that made no storage call during a shorter grace could not tell them apart
     return experiment(tmp_path, storage=proxy.url_through, train=TRIALS,
-                      search={"study_name": f"outage-{uuid.uuid4().hex[:8]}", **search})
+                      search={"study_name": f"outage-{uuid.uuid4().hex[:8]}", "heartbeat_s": 3, **search})
 
 
 @pytest.fixture
