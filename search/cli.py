@@ -191,6 +191,7 @@ def cmd_worker(args) -> int:
 
 def cmd_sync(args) -> int:
     from search.outage import sync_runs
+    from search.study import end_study_run
     from search.tracking import Tracker
 
     study, cfg = _read("sync", args.experiment, None, args.set, args.storage, args.tracking_uri)
@@ -206,8 +207,10 @@ def cmd_sync(args) -> int:
     if done is None:
         raise SpecError(f"the MLflow tracking store {redact(tracker.uri)} stopped answering (see above); "
                         "rerun `resnext-nas sync` once it is back")
+    ended = end_study_run(study, cfg, tracker, parent_id)
     print(f"study '{cfg.study_name}': {done['created']} trial runs created and {done['ended']} completed from the "
-          f"Optuna record; pareto tags match `resnext-nas pareto`")
+          "Optuna record; pareto tags match `resnext-nas pareto`"
+          + ("; the study's run, left running, got its front, plots and report and was ended" if ended else ""))
     return 0
 
 

@@ -456,6 +456,25 @@ def run_search(cfg: ExperimentConfig, *, storage_url: str | None = None, quiet: 
     return summary
 
 
+def end_study_run(study: optuna.Study, cfg: ExperimentConfig, tracker: Tracker, parent_id: str) -> bool:
+    """``resnext-nas sync``: end the study's MLflow run if the study ended while the store was away.
+
+    Such a run is still RUNNING, without the front, plots and report the study's end writes.
+    When no trial of the study is running (a search still at it ends its run itself), they are
+    written now and the run is ended FINISHED. Returns whether it was.
+    """
+    run = tracker._safe("reading the study's run", tracker.client.get_run, parent_id)
+    if run is None or run.info.status != "RUNNING":
+        return False
+    summary = summarize(study, cfg, tracker, parent_id)
+    if summary.counts["running"]:
+        return False
+    log_study_artifacts(summary, cfg)
+    log_report(summary, cfg)
+    tracker.end(parent_id, "FINISHED")
+    return True
+
+
 def join_study(cfg: ExperimentConfig, *, storage_url: str | None = None, workers: int | None = None,
                quiet: bool = False) -> Summary:
     """``resnext-nas worker``: this machine joins a study started by ``resnext-nas search``.

@@ -214,10 +214,12 @@ def test_tracking_server_killed_and_restarted_mid_study_ends_with_complete_runs(
         done = subprocess.run([sys.executable, "-m", "search.cli", "sync", str(other)], capture_output=True,
                               text=True, cwd=tmp_path, timeout=120)
         assert done.returncode == 0, done.stderr
-        assert "trial runs created" in done.stdout
-        ts, (_, runs, _) = trials(other), mlflow_runs(other)
+        assert "trial runs created" in done.stdout and "the study's run, left running" in done.stdout
+        ts, (client, runs, parents) = trials(other), mlflow_runs(other)
         assert sorted(runs) == [t.number for t in ts] and {r.info.status for r in runs.values()} == {"FINISHED"}
         assert {n for n, r in runs.items() if r.data.tags.get("pareto") == "true"} == front(other)
+        assert [p.info.status for p in parents] == ["FINISHED"]  # with what the study's end writes there
+        assert {"report.html", "pareto.json"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     finally:
         address.cut()
         first.kill()
@@ -269,7 +271,10 @@ def test_journal_on_a_full_disk_stops_with_the_file_named_and_resumes_once_there
         procs.append(rerun)
         assert rerun.wait(120) == 0, rerun.output()
         ts = trials(path)
-        assert "RUNNING" not in states(ts) and trained(ts) >= 4
+        assert trained(ts) >= 4
+        # a trial the full disk caught between its creation and its first attribute (its worker) stays
+        # RUNNING, as docs/scaling.md says under Limits; any other was failed as lost by the rerun
+        assert not [t for t in ts if t.state.name == "RUNNING" and (t.user_attrs or t.number != done[-1].number)]
         assert [t.number for t in done] == [t.number for t in ts][:len(done)]  # what was recorded is kept
     finally:
         for p in procs:
