@@ -463,8 +463,7 @@ def end_study_run(study: optuna.Study, cfg: ExperimentConfig, tracker: Tracker, 
     When no trial of the study is running (a search still at it ends its run itself), they are
     written now and the run is ended FINISHED. Returns whether it was.
     """
-    run = tracker._safe("reading the study's run", tracker.client.get_run, parent_id)
-    if run is None or run.info.status != "RUNNING":
+    if tracker.status(parent_id) != "RUNNING":
         return False
     summary = summarize(study, cfg, tracker, parent_id)
     if summary.counts["running"]:

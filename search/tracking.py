@@ -261,6 +261,11 @@ class Tracker:
         if run_id is not None:
             self._safe(f"writing figure {name}", self.client.log_figure, run_id, figure, name)
 
+    def status(self, run_id: str) -> str | None:
+        """A run's status (RUNNING, FINISHED, FAILED, KILLED), or None when the store does not answer."""
+        run = self._safe("reading a run", self.client.get_run, run_id)
+        return run.info.status if run is not None else None
+
     def end(self, run_id: str | None, status: str) -> None:
         """End a run as FINISHED, FAILED or KILLED (never left RUNNING)."""
         if run_id is not None:
