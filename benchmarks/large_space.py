@@ -52,6 +52,7 @@ STRATEGIES = {  # name -> (sampler, pruner)
     "nsga2": ("nsga2", "none"),
     "tpe": ("tpe", "none"),
     "random+probes": ("random", "probes"),
+    "costaware+probes": ("costaware", "probes"),
     "random+asha": ("random", "asha"),
 }
 
@@ -135,7 +136,7 @@ def score(studies: dict[str, list[list[dict]]], budgets: list[float], use_confir
                     share = hv(found) / union
                 history.append((r["epochs"], share, len(found)))
             histories[name].append(history)
-    return diff_table(histories, budgets, rng, "strategy", 16)
+    return diff_table(histories, budgets, rng, "strategy", max(16, *(len(s) + 1 for s in histories)))
 
 
 def load(out: Path, strategies: list[str], seeds: int) -> dict[str, list[list[dict]]]:

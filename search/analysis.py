@@ -192,13 +192,14 @@ def strategy(cfg: ExperimentConfig, trained: list[Row]) -> dict:
 
 SAMPLER_EVIDENCE = ("Against random search at equal epochs (share of the best front's hypervolume, paired by seed, "
                     "95% interval): +0.042 [+0.024, +0.059] at 30 trained networks on the Fashion-MNIST table "
-                    "(264 networks within the budget, 20 seeds), and +0.040 [+0.025, +0.058] at 30 on a "
+                    "(264 networks within the budget, 20 seeds), and +0.040 [+0.024, +0.056] at 30 on a "
                     "13,015-network space (real studies, 5 seeds, top of each front confirmed), where NSGA-II "
-                    "was below random (-0.034 [-0.064, -0.003]) and TPE level with it (docs/search-quality.md).")
+                    "was below random (-0.034 [-0.064, -0.004]) and TPE level with it (docs/search-quality.md).")
 PRUNER_EVIDENCE = ("Pruners pay only where a short run ranks networks as the full run does and costs far less: "
                    "asha was level with or below random search on every table; probes (a complete short run "
-                   "first) were below random on the 264-network Fashion-MNIST table and +0.013 [+0.001, +0.026] "
+                   "first) were below random on the 264-network Fashion-MNIST table and +0.013 [+0.001, +0.027] "
                    "above it on the 13,015-network space, where costaware without a pruner was +0.040 "
+                   "and costaware with probes +0.004 [-0.008, +0.014] "
                    "(docs/search-quality.md#which-sampler-and-pruner-to-use).")
 
 
