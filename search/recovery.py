@@ -65,12 +65,13 @@ def lost_while_running(study: optuna.Study, trial_id: int | None,
     Optuna's ``study.optimize`` then raises as it records the trial (``UpdateFinishedTrialError``,
     ``ValueError`` or ``AssertionError``, depending on where it finds the trial finished): the
     worker drops the result and goes on. The trial's MLflow run, which the worker ended as its
-    own, is ended again as lost, as the process that failed it did.
+    own, is ended again as lost, as the process that failed it did. A trial the worker failed
+    itself records its own ``failure`` kind and is not taken for a lost one.
     """
     if trial_id is None:
         return None
     t = study._storage.get_trial(trial_id)
-    if t.state != TrialState.FAIL:
+    if t.state != TrialState.FAIL or t.user_attrs.get("failure", "lost") != "lost":
         return None
     _end_lost_run(tracker, study, t, t.user_attrs.get("fail_reason", "lost: missed heartbeats"), "FAILED")
     return t

@@ -222,6 +222,7 @@ def _optimize(cfg: ExperimentConfig, study: optuna.Study, tracker: Tracker, pare
             if trained + running >= n:  # the last trials run elsewhere: wait, take over if one is lost
                 time.sleep(POLL_S)
                 continue
+            objective.trial_id = None  # set as its trial starts: an error before that is no lost trial
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
                                callbacks=[limit, free, after_trial])

@@ -12,12 +12,13 @@ import subprocess
 import sys
 import uuid
 
+import optuna
 import pytest
 
 from search import worker
 from search.config import load_experiment
-from search.recovery import reap_lost_trials
-from search.results import Ledger, finished_rows, pareto_rows
+from search.recovery import lost_while_running, reap_lost_trials
+from search.results import NETWORK, Ledger, finished_rows, pareto_rows
 from search.storage import create_study, load_study
 from search.tracking import Tracker
 
@@ -188,6 +189,27 @@ def test_reaping_finds_the_run_of_a_worker_that_died_before_linking_it(tiny, tmp
     assert study.trials[trial.number].state.name == "FAIL"
     assert tracker.client.get_run(orphan).info.status == "KILLED"
     assert reap_lost_trials(study, tracker) == []  # once
+
+
+def test_only_a_trial_failed_by_another_process_is_taken_for_lost(tiny, tmp_path):
+    """What a worker drops when Optuna raises on recording its trial: a lost trial, never its own failure."""
+    cfg = tiny(search={"storage": f"journal:{tmp_path}/optuna.journal"})
+    tracker = Tracker(cfg.tracking, cfg.name)
+    study = create_study(cfg, None, {})
+    tracker.setup()
+    parent = tracker.study_run(cfg.study_name, {}, {})
+    lost, own, running = study.ask(), study.ask(), study.ask()
+    run = tracker.start_trial(parent, cfg.study_name, lost.number, {})
+    lost.set_user_attr(NETWORK, {"mlflow_run_id": run})  # as the objective links them
+    study.tell(lost, state=optuna.trial.TrialState.FAIL)  # a stale-heartbeat check: the state only
+    own.set_user_attr("failure", "error")  # the worker's own failure records its kind
+    study.tell(own, state=optuna.trial.TrialState.FAIL)
+    assert lost_while_running(study, None, tracker) is None  # Optuna raised before a trial started
+    assert lost_while_running(study, own._trial_id, tracker) is None
+    assert lost_while_running(study, running._trial_id, tracker) is None
+    assert lost_while_running(study, lost._trial_id, tracker).number == lost.number
+    assert tracker.client.get_run(run).info.status == "FAILED"
+    assert tracker.client.get_run(run).data.tags["state"] == "lost"
 
 
 def test_the_owner_closes_runs_left_running_by_their_finished_trials(tiny):
